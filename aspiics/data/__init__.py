@@ -1,0 +1,1 @@
+"""Package data of ``aspiics`` (default calibration constants)."""
