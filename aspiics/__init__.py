@@ -16,4 +16,7 @@ except ImportError:  # pragma: no cover - not installed
 log = logging.getLogger("aspiics")
 log.addHandler(logging.NullHandler())
 
-__all__ = ["__version__", "log"]
+from aspiics import visualization  # noqa: E402, F401  (registers the colormaps)
+from aspiics.map import ASPIICSMap  # noqa: E402
+
+__all__ = ["ASPIICSMap", "__version__", "log"]
