@@ -299,6 +299,27 @@ def _to_datetime(time):
         raise FilenameError(f"cannot read the time {time!r}; give an ISO time") from err
 
 
+def _read_checked(path, ext=0, *, data=False):
+    """Open a FITS file, return a copy of one header (and touch the data); typed errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such file")
+    try:
+        # astropy reports truncation as a warning (an error under strict warning filters, which
+        # would leave the file open): record warnings here and turn truncation into an error.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with fits.open(path, memmap=False, do_not_scale_image_data=True) as hdul:
+                header = hdul[ext].header.copy()
+                if data:
+                    _ = hdul[ext].data
+    except (OSError, ValueError, IndexError, KeyError, TypeError) as err:
+        raise InputFileError(f"{path}: not a readable FITS file ({err})") from err
+    if any("truncated" in str(w.message).lower() for w in caught):
+        raise InputFileError(f"{path}: truncated FITS file (the data are shorter than the header says)")
+    return header
+
+
 def read_header(path, ext=0):
     """
     Read one header of a FITS file, with errors a user can act on.
@@ -319,15 +340,7 @@ def read_header(path, ext=0):
     aspiics.exceptions.InputFileError
         If the file does not exist, is not FITS, or is truncated.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"{path}: no such file")
-    try:
-        with fits.open(path, memmap=False) as hdul:
-            header = hdul[ext].header.copy()
-    except (OSError, ValueError, IndexError, KeyError) as err:
-        raise InputFileError(f"{path}: not a readable FITS file ({err})") from err
-    return header
+    return _read_checked(path, ext)
 
 
 def check_readable(path):
@@ -344,19 +357,7 @@ def check_readable(path):
     aspiics.exceptions.InputFileError
         If the file does not exist, is not FITS, or is truncated.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"{path}: no such file")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with fits.open(path, memmap=False, do_not_scale_image_data=True) as hdul:
-                _ = hdul[0].data
-    except (OSError, ValueError, IndexError, TypeError) as err:
-        raise InputFileError(f"{path}: not a readable FITS file ({err})") from err
-    for warning in caught:
-        if "truncated" in str(warning.message).lower():
-            raise InputFileError(f"{path}: truncated FITS file (the data are shorter than the header says)")
+    _read_checked(path, data=True)
 
 
 # ---------------------------------------------------------------------------------------------

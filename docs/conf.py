@@ -1,0 +1,74 @@
+"""Sphinx configuration of the aspiics documentation."""
+
+import os
+import warnings
+from datetime import datetime, timezone
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from aspiics import __version__  # noqa: E402
+
+project = "aspiics"
+author = "The aspiics developers"
+copyright = f"{datetime.now(timezone.utc).year}, {author}"  # noqa: A001
+release = __version__
+version = ".".join(__version__.split(".")[:2])
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+    "numpydoc",
+    "sphinx_automodapi.automodapi",
+    "sphinx_automodapi.smart_resolver",
+    "sphinx_gallery.gen_gallery",
+]
+
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints"]
+source_suffix = ".rst"
+root_doc = "index"
+default_role = "obj"
+
+# numpydoc + automodapi
+numpydoc_show_class_members = False
+numpydoc_xref_param_type = False
+automodapi_toctreedirnm = "api"
+automodsumm_inherited_members = False
+autodoc_typehints = "none"
+
+# The machine that builds the docs may be offline: no intersphinx inventories, and
+# references to external packages are left as plain text.
+nitpicky = False
+suppress_warnings = ["config.cache"]
+
+# Theme
+try:
+    from sunpy_sphinx_theme import PNG_ICON  # noqa: F401
+
+    html_theme = "sunpy"
+except ImportError:  # pragma: no cover
+    html_theme = "alabaster"
+html_title = f"aspiics {release}"
+html_static_path = []
+html_theme_options = {"navbar_links": []} if html_theme == "sunpy" else {}
+
+# sphinx-gallery
+sphinx_gallery_conf = {
+    "examples_dirs": os.path.join("..", "examples"),
+    "gallery_dirs": "generated/gallery",
+    "filename_pattern": r"^((?!skip_).)*$",
+    "default_thumb_file": None,
+    "abort_on_example_error": True,
+    "remove_config_comments": True,
+    "only_warn_on_example_error": False,
+    "matplotlib_animations": False,
+    "within_subsection_order": "FileNameSortKey",
+}
+
+# Examples run offline: silence the IERS auto-download attempt of astropy.
+from astropy.utils import iers  # noqa: E402
+
+iers.conf.auto_download = False
+warnings.filterwarnings("ignore", message=".*Tried to get polar motions.*")
