@@ -172,14 +172,18 @@ class ASPIICSMap(GenericMap):
         """
         Unit of the data: DN for level 1, `~aspiics.units.MSB` for brightness, degrees for angles.
         """
-        bunit = _norm_text(self.meta.get("bunit"))
-        if bunit == "msb":
-            return MSB
-        if bunit in ("dn", "adu", "counts"):
-            return u.DN
-        if not bunit and self.processing_level == 1:
-            return u.DN
-        return super().unit
+        raw = self.meta.get("bunit")
+        bunit = _norm_text(raw)
+        if not bunit:
+            return u.DN if self.processing_level == 1 else None
+        known = {"msb": MSB, "dn": u.DN, "adu": u.DN, "counts": u.DN, "electron": u.electron,
+                 "electrons": u.electron, "e-": u.electron, "deg": u.deg, "degree": u.deg}  # fmt: skip
+        if bunit in known:
+            return known[bunit]
+        try:  # intermediate products such as 'DN / s' or 'W / (m2 sr)'
+            return u.Unit(raw, parse_strict="raise")
+        except ValueError:
+            return super().unit
 
     @property
     def rsun_obs(self):
@@ -305,6 +309,46 @@ class ASPIICSMap(GenericMap):
         )
 
     # ---------------------------------------------------------------------------------------
+    # Level-2 calibration (thin wrappers over aspiics.calibrate)
+
+    def calibrate(self, calibration=None, *, steps=None, filter=None, **options):
+        """
+        Calibrate a level-1 frame to level 2 (mean solar brightness).
+
+        See `aspiics.calibrate.calibrate_map` for the steps, the options and the errors.
+
+        Parameters
+        ----------
+        calibration : `~aspiics.calibration.CalibrationSet`, path-like or None, optional
+            The calibration data (None: ``ASPIICS_CALIBRATION_DIR``).
+        steps : sequence of str, optional
+            The steps to run, in order (default `aspiics.calibrate.DEFAULT_STEPS`).
+        filter : str, optional
+            Use this filter when the header's ``FILTER`` is ``'Unknown'`` or absent.
+        **options
+            Step options, passed on to `aspiics.calibrate.calibrate_map`.
+
+        Returns
+        -------
+        `ASPIICSMap`
+            The level-2 map with uncertainty and mask.
+        """
+        from aspiics.calibrate import DEFAULT_STEPS, calibrate_map
+
+        steps = DEFAULT_STEPS if steps is None else steps
+        return calibrate_map(self, calibration, steps=steps, filter=filter, **options)
+
+    def to_physical_units(self, unit, **kwargs):
+        """
+        Convert a brightness map from MSB to ``unit`` (DN/s, photon or energy radiance).
+
+        See `aspiics.calibrate.to_physical_units`.
+        """
+        from aspiics.calibrate import to_physical_units
+
+        return to_physical_units(self, unit, **kwargs)
+
+    # ---------------------------------------------------------------------------------------
     # Helpers
 
     def _plot_code(self):
@@ -336,3 +380,47 @@ class ASPIICSMap(GenericMap):
         if self.uncertainty is not None:
             return np.asarray(self.uncertainty.represent_as(StdDevUncertainty).array)
         return None
+
+
+def _step_method(name, function_name):
+    def method(self, calibration=None, *, filter=None, **options):
+        from aspiics import calibrate
+
+        return getattr(calibrate, function_name)(self, calibration, filter=filter, **options)
+
+    method.__name__ = name
+    method.__doc__ = f"""
+        Run the calibration step ``{name}`` (see `aspiics.calibrate.{function_name}`).
+
+        Parameters
+        ----------
+        calibration : `~aspiics.calibration.CalibrationSet`, path-like or None, optional
+            The calibration data (None: ``ASPIICS_CALIBRATION_DIR``).
+        filter : str, optional
+            Use this filter when the header's ``FILTER`` is ``'Unknown'`` or absent.
+        **options
+            Options of the step.
+
+        Returns
+        -------
+        `ASPIICSMap`
+            A new map; the step is recorded in ``CALSTEPS`` and HISTORY, so running it twice or
+            out of order raises `~aspiics.exceptions.ProcessingError`.
+        """
+    return method
+
+
+for _name, _function in (
+    ("subtract_bias", "subtract_bias_map"),
+    ("correct_nonlinearity", "correct_nonlinearity_map"),
+    ("estimate_variance", "estimate_variance_map"),
+    ("subtract_dark", "subtract_dark_map"),
+    ("flat_field", "flat_field_map"),
+    ("to_msb", "to_msb_map"),
+    ("correct_banding", "apply_banding_map"),
+    ("replace_bad_pixels", "replace_bad_pixels_map"),
+    ("correct_vignetting", "correct_vignetting_map"),
+    ("finalize_l2", "finalize_map"),
+):
+    setattr(ASPIICSMap, _name, _step_method(_name, _function))
+del _name, _function
