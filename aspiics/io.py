@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 from astropy.io import fits
 
 from aspiics.constants import filter_info
@@ -42,8 +43,13 @@ __all__ = [
     "group_acquisitions",
     "parse_filename",
     "read_header",
+    "read_map",
     "write_fits",
+    "write_map",
 ]
+
+#: Name of the binary-table extension that holds the uncertainty and the mask of a map.
+AUX_EXTNAME = "ASPIICS_AUX"
 
 #: File-name codes of the filters (``unknown`` when the filter wheel position was not known).
 FILTER_CODES = ("wb", "fe", "he", "p1", "p2", "p3", "unknown")
@@ -573,3 +579,109 @@ def write_fits(path, data, header, *, overwrite=False, extra_hdus=()):
     with atomic_output(path, overwrite=overwrite) as tmp:
         hdul.writeto(tmp, overwrite=True, output_verify="exception")
     return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Maps with uncertainty and mask
+
+
+def _aux_hdu(m):
+    """A one-row binary table with the uncertainty (σ) and the mask of a map, or None."""
+    ny, nx = m.data.shape
+    columns = []
+    sigma = getattr(m, "sigma", None)
+    if sigma is not None:
+        columns.append(
+            fits.Column(name="UNCERTAINTY", format=f"{nx * ny}E", dim=f"({nx},{ny})",
+                        array=np.asarray(sigma, dtype=np.float32)[None], unit=m.meta.get("bunit"))
+        )  # fmt: skip
+    if m.mask is not None:
+        columns.append(
+            fits.Column(name="MASK", format=f"{nx * ny}B", dim=f"({nx},{ny})",
+                        array=np.asarray(m.mask, dtype=np.uint8)[None])
+        )  # fmt: skip
+    if not columns:
+        return None
+    hdu = fits.BinTableHDU.from_columns(columns, name=AUX_EXTNAME)
+    hdu.header["UNCTYPE"] = ("std", "UNCERTAINTY holds 1-sigma standard deviations")
+    hdu.header["COMMENT"] = "Uncertainty and mask of the primary image; read with aspiics.io.read_map."
+    return hdu
+
+
+def write_map(m, path, *, overwrite=False):
+    """
+    Write a map as FITS: the image in the primary HDU, uncertainty and mask in an extension.
+
+    The primary HDU is an ordinary ASPIICS image (float32 brightness with NaN = missing and
+    +Inf = saturated at levels 2 and 3; the raw integers with ``BLANK`` at level 1) that any FITS
+    reader understands. The 1σ uncertainty and the mask go into a one-row binary-table extension
+    named ``ASPIICS_AUX``, which `sunpy.map.Map` skips and `read_map` restores.
+
+    Parameters
+    ----------
+    m : `~aspiics.ASPIICSMap`
+        The map.
+    path : str or path-like
+        Destination.
+    overwrite : bool, optional
+        Replace an existing file.
+
+    Returns
+    -------
+    `pathlib.Path`
+
+    Raises
+    ------
+    aspiics.exceptions.OutputExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    """
+    from sunpy.map import GenericMap
+
+    header = GenericMap.fits_header.fget(m)  # keep the official keywords (CROTA) as they are
+    for key in ("BZERO", "BSCALE"):
+        header.remove(key, ignore_missing=True)
+    data = np.asarray(m.data)
+    if np.issubdtype(data.dtype, np.floating):
+        data = data.astype(np.float32, copy=False)
+        header.remove("BLANK", ignore_missing=True)
+    aux = _aux_hdu(m)
+    return write_fits(path, data, header, overwrite=overwrite, extra_hdus=() if aux is None else (aux,))
+
+
+def read_map(path):
+    """
+    Read an ASPIICS FITS file into a map, restoring the uncertainty and the mask.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A file written by `write_map` (or any ASPIICS file: without the ``ASPIICS_AUX``
+        extension the map has the mask implied by the data and no uncertainty).
+
+    Returns
+    -------
+    `~aspiics.ASPIICSMap`
+
+    Raises
+    ------
+    aspiics.exceptions.InputFileError
+        If the file is missing, unreadable or not an ASPIICS file.
+    """
+    import sunpy.map
+    from astropy.nddata import StdDevUncertainty
+
+    from aspiics.map import ASPIICSMap
+
+    check_readable(path)
+    m = sunpy.map.Map(path)
+    if not isinstance(m, ASPIICSMap):
+        raise InputFileError(f"{path}: not an ASPIICS file")
+    with fits.open(path, memmap=False) as hdul:
+        if AUX_EXTNAME not in hdul:
+            return m
+        table = hdul[AUX_EXTNAME].data
+        names = table.columns.names
+        sigma = np.array(table["UNCERTAINTY"][0], dtype=np.float32) if "UNCERTAINTY" in names else None
+        mask = np.array(table["MASK"][0], dtype=bool) if "MASK" in names else m.mask
+    uncertainty = None if sigma is None else StdDevUncertainty(sigma)
+    return ASPIICSMap(m.data, m.meta, uncertainty=uncertainty, mask=mask)

@@ -309,6 +309,55 @@ class ASPIICSMap(GenericMap):
         )
 
     # ---------------------------------------------------------------------------------------
+    # Files
+
+    @classmethod
+    def read(cls, path):
+        """
+        Read an ASPIICS FITS file, restoring the uncertainty and the mask (see `aspiics.io.read_map`).
+
+        Parameters
+        ----------
+        path : str or path-like
+            The file.
+
+        Returns
+        -------
+        `ASPIICSMap`
+        """
+        from aspiics.io import read_map
+
+        return read_map(path)
+
+    def save(self, filepath, filetype="auto", hdu_type=None, overwrite=False, **kwargs):
+        """
+        Save the map; FITS files keep the uncertainty and the mask (see `aspiics.io.write_map`).
+
+        FITS files are written atomically and never overwrite an existing file unless
+        ``overwrite=True``. Other formats are handed to `sunpy.map.GenericMap.save`.
+
+        Parameters
+        ----------
+        filepath : str or path-like
+            Destination.
+        filetype : str, optional
+            ``'auto'`` (from the extension) or ``'fits'``.
+        hdu_type : optional
+            Passed to `sunpy.map.GenericMap.save` for non-default HDU types.
+        overwrite : bool, optional
+            Replace an existing file.
+        **kwargs
+            Passed to `sunpy.map.GenericMap.save` for other formats.
+        """
+        from aspiics.io import write_map
+
+        name = str(filepath).lower()
+        is_fits = filetype == "fits" or (filetype == "auto" and name.endswith((".fits", ".fit", ".fts")))
+        if is_fits and hdu_type is None and not kwargs:
+            return write_map(self, filepath, overwrite=overwrite)
+        return super().save(filepath, filetype=filetype, hdu_type=hdu_type, overwrite=overwrite, **kwargs)
+
+    # ---------------------------------------------------------------------------------------
     # Level-2 calibration (thin wrappers over aspiics.calibrate)
 
     def calibrate(self, calibration=None, *, steps=None, filter=None, **options):

@@ -206,3 +206,61 @@ def test_check_readable_detects_truncation(tmp_path):
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(InputFileError, match="truncated|not a readable"):
         check_readable(path)
+
+
+def _l2_map(shape=(64, 64)):
+    from astropy.nddata import StdDevUncertainty
+
+    from aspiics import ASPIICSMap
+
+    rng = np.random.default_rng(3)
+    data = rng.uniform(1e-9, 1e-7, shape).astype(np.float32)
+    data[0, :5] = np.nan
+    data[10, 10] = np.inf
+    sigma = (0.01 * data).astype(np.float32)
+    mask = ~np.isfinite(data)
+    mask[20, 20] = True  # a flag that is not implied by the data
+    header = l1_header(
+        LEVEL="L2", BUNIT="MSB", BLANK=None, FILENAME="aspiics_wb_l2_1320404D000212_20250812T181424.fits"
+    )
+    header["HISTORY"] = "aspiics L2: first step"
+    header["HISTORY"] = "aspiics L2: second step"
+    return ASPIICSMap(data, header, uncertainty=StdDevUncertainty(sigma), mask=mask)
+
+
+def test_write_and_read_map_round_trip(tmp_path):
+    import sunpy.map
+
+    from aspiics import ASPIICSMap
+    from aspiics.io import read_map, write_map
+
+    m = _l2_map()
+    path = write_map(m, tmp_path / "aspiics_wb_l2_1320404D000212_20250812T181424.fits")
+    back = read_map(path)
+    assert isinstance(back, ASPIICSMap)
+    np.testing.assert_array_equal(back.data, m.data)
+    np.testing.assert_array_equal(back.sigma, m.sigma)
+    np.testing.assert_array_equal(back.mask, m.mask)
+    assert back.meta["crota"] == m.meta["crota"]  # the official keyword is kept in the file
+    assert "second step" in back.meta["history"]
+    # Plain sunpy sees one official L2 image: NaN missing, +Inf saturated.
+    plain = sunpy.map.Map(path)
+    assert isinstance(plain, ASPIICSMap)
+    assert plain.data.dtype.newbyteorder("=") == np.float32
+    assert np.isnan(plain.data[0, 0])
+    assert np.isposinf(plain.data[10, 10])
+    with fits.open(path) as hdul:
+        assert hdul[0].header["BITPIX"] == -32
+        assert "BLANK" not in hdul[0].header
+
+
+def test_map_save_refuses_overwrite(tmp_path):
+    m = _l2_map()
+    path = tmp_path / "x.fits"
+    m.save(path)
+    with pytest.raises(OutputExistsError):
+        m.save(path)
+    m.save(path, overwrite=True)
+    from aspiics import ASPIICSMap
+
+    assert ASPIICSMap.read(path).sigma is not None
