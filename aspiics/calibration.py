@@ -36,6 +36,7 @@ __all__ = [
     "NonlinearityTable",
     "Release",
     "find_releases",
+    "open_calibration",
 ]
 
 log = logging.getLogger(__name__)
@@ -1010,3 +1011,39 @@ class CalibrationArchive:
         if release.path not in self._sets:
             self._sets[release.path] = CalibrationSet(release.path, **self.kwargs)
         return self._sets[release.path]
+
+
+def open_calibration(source=None, **kwargs):
+    """
+    Open calibration data for a batch of frames.
+
+    Parameters
+    ----------
+    source : path-like or None, optional
+        A release folder or an ``l2_config.json`` (one `CalibrationSet`), or a folder holding
+        several ``calibration_data_<from>_<to>`` releases (a `CalibrationArchive` that picks the
+        release valid at each frame's DATE-OBS). Default: ``ASPIICS_CALIBRATION_DIR``.
+    **kwargs
+        Passed to `CalibrationSet` (``flat_map``, ``config``).
+
+    Returns
+    -------
+    `CalibrationSet` or `CalibrationArchive`
+
+    Raises
+    ------
+    aspiics.exceptions.CalibrationError
+        If the source is missing.
+    """
+    if source is None:
+        source = os.environ.get(ENV_VAR)
+        if not source:
+            raise CalibrationError(f"no calibration data given: pass --calibration PATH or set {ENV_VAR}")
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise CalibrationError(
+            f"calibration path {path} does not exist; pass a release folder or l2_config.json"
+        )
+    if path.is_dir() and not _is_release_folder(path) and find_releases(path):
+        return CalibrationArchive(path, **kwargs)
+    return CalibrationSet(path, **kwargs)

@@ -110,6 +110,97 @@ def _cmd_info(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# Batch helpers
+
+
+def _expand_inputs(items, level):
+    """Files named directly, plus the ``aspiics_*_l<level>_*.fits`` files of named folders."""
+    files = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(path.glob(f"aspiics_*_l{level}_*.fits"))
+            if not found:
+                _error(f"{path}: no level-{level} ASPIICS files in this folder")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+def _run_batch(files, work, *, desc):
+    """Run ``work(path)`` on each file with a progress bar; report failures one line each."""
+    failed = 0
+    for path in _progress(files, desc=desc, unit="file"):
+        try:
+            for written in work(path):
+                _out(written)
+        except (AspiicsError, OSError) as err:
+            failed += 1
+            _error(
+                f"{path}: {str(err).splitlines()[0]}"
+                if str(path) not in str(err)
+                else str(err).splitlines()[0]
+            )
+    if failed:
+        _error(f"{failed} of {len(files)} inputs failed")
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# l2
+
+
+def _l2_worker(calibration, outdir, *, overwrite, options):
+    from aspiics.io import parse_filename, read_map
+
+    def work(path):
+        m = read_map(path)
+        if m.processing_level != 1:
+            raise AspiicsError(
+                f"{path}: LEVEL is {m.meta.get('level')!r}, not L1; only L1 frames are calibrated"
+            )
+        out = Path(outdir) / parse_filename(path).replace(level=2).name
+        if out.exists() and not overwrite:
+            raise AspiicsError(f"{out} exists already; pass --overwrite to replace it")
+        l2 = m.calibrate(calibration, **options)
+        l2.save(out, overwrite=overwrite)
+        yield out
+
+    return work
+
+
+def _calibrate_files(files, calibration, outdir, *, overwrite, banding=True):
+    from aspiics.calibration import open_calibration
+
+    cal = open_calibration(calibration)
+    options = {}
+    if banding:
+        options.update(_banding_options())
+    return _run_batch(files, _l2_worker(cal, outdir, overwrite=overwrite, options=options), desc="L2")
+
+
+def _banding_options():
+    """Calibration options that switch the banding step on (empty until it is available)."""
+    try:
+        from aspiics.banding import correct_banding_step
+    except ImportError:  # pragma: no cover - banding lands in its own module
+        return {}
+    return {"banding": correct_banding_step}
+
+
+def _cmd_l2(args):
+    files = _expand_inputs(args.inputs, level=1)
+    if not files:
+        _error("no input files")
+        return 1
+    return _calibrate_files(
+        files, args.calibration, args.outdir, overwrite=args.overwrite, banding=not args.no_banding
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # simulate
 
 
@@ -183,49 +274,65 @@ def _quicklook(m, path, title=None):
 def _cmd_demo(args):
     import sunpy.map
 
+    from aspiics.calibration import open_calibration
+    from aspiics.io import read_map
+    from aspiics.simulate import simulate_polarized_set
+
     outdir = Path(args.outdir)
+    shape = (args.size, args.size)
     start = time.perf_counter()
-    written = []
-    steps = ["simulate Wideband", "simulate polarizers", "quicklooks"]
-    with _progress(total=len(steps), desc="demo", unit="stage") as bar:
-        bar.set_postfix_str(steps[0])
+    timings = {}
+    with _progress(total=3, desc="demo", unit="stage") as bar:
+        # 1. Simulated L1 data: one Wideband acquisition and one polarizer set.
+        bar.set_postfix_str("simulate")
+        t0 = time.perf_counter()
         cal, wb = _simulate(
             outdir / "l1",
             seed=args.seed,
             exposures=(0.1, 1.0, 10.0),
             filter_name="Wideband",
             polarized=False,
-            shape=(args.size, args.size),
+            shape=shape,
             overwrite=args.overwrite,
         )
-        bar.update()
-        bar.set_postfix_str(steps[1])
-        from aspiics.simulate import simulate_polarized_set
-
         pol = simulate_polarized_set(
-            exposures=(1.0,),
-            seed=args.seed + 1,
-            shape=(args.size, args.size),
-            calibration=cal,
-            outdir=outdir / "l1",
+            exposures=(1.0,), seed=args.seed + 1, shape=shape, calibration=cal, outdir=outdir / "l1",
             overwrite=args.overwrite,
-        )
+        )  # fmt: skip
+        l1_files = [frame.path for acq in (*wb, *pol) for frame in acq.frames]
+        timings["simulate"] = time.perf_counter() - t0
         bar.update()
-        bar.set_postfix_str(steps[2])
+
+        # 2. L2 calibration.
+        bar.set_postfix_str("L2")
+        t0 = time.perf_counter()
+        calibration = open_calibration(cal.path)
+        l2_files = []
+        for path in _progress(l1_files, desc="L2", unit="frame"):
+            l2 = read_map(path).calibrate(calibration, **_banding_options())
+            out = outdir / "l2" / Path(path).name.replace("_l1_", "_l2_")
+            l2.save(out, overwrite=args.overwrite)
+            l2_files.append(out)
+        timings["L2"] = time.perf_counter() - t0
+        bar.update()
+
+        # 3. Quicklooks.
+        bar.set_postfix_str("quicklooks")
+        t0 = time.perf_counter()
         quick = outdir / "quicklook"
         quick.mkdir(parents=True, exist_ok=True)
-        for acq in [*wb, *pol]:
-            for frame in acq.frames:
-                m = sunpy.map.Map(frame.path)
-                png = quick / (Path(frame.path).stem + ".png")
-                if png.exists() and not args.overwrite:
-                    _error(f"{png} exists already; pass --overwrite to replace it")
-                    return 1
-                written.append(_quicklook(m, png))
+        pngs = []
+        for path in _progress([*l1_files, *l2_files], desc="quicklooks", unit="file"):
+            png = quick / (Path(path).stem + ".png")
+            if png.exists() and not args.overwrite:
+                raise AspiicsError(f"{png} exists already; pass --overwrite to replace it")
+            pngs.append(_quicklook(sunpy.map.Map(path), png))
+        timings["quicklooks"] = time.perf_counter() - t0
         bar.update()
-    for path in written:
+    for path in [*l1_files, *l2_files, *pngs]:
         _out(path)
-    _out(f"demo finished in {time.perf_counter() - start:.1f} s; outputs in {outdir}")
+    summary = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
+    _out(f"demo finished in {time.perf_counter() - start:.1f} s ({summary}); outputs in {outdir}")
     return 0
 
 
@@ -265,6 +372,26 @@ def _build_parser():
     p.add_argument("--size", type=int, default=2048, help="frame size in pixels (default 2048)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser(
+        "l2",
+        help="calibrate L1 frames to L2 (mean solar brightness)",
+        description="Calibrate level-1 frames (files, or folders of aspiics_*_l1_*.fits) to level 2: bias, "
+        "non-linearity and saturation, dark current, flat field, radiometric conversion to MSB, banding "
+        "and bad pixels, with uncertainty and mask. Outputs are named as the inputs with l1 -> l2.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="L1 files or folders")
+    p.add_argument(
+        "--calibration",
+        metavar="PATH",
+        default=None,
+        help="calibration release folder, folder of releases, or l2_config.json "
+        "(default: $ASPIICS_CALIBRATION_DIR)",
+    )
+    p.add_argument("--outdir", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.add_argument("--no-banding", action="store_true", help="skip the banding correction")
+    p.set_defaults(func=_cmd_l2)
 
     p = sub.add_parser(
         "demo",
