@@ -2,17 +2,17 @@
 
 import os
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-from aspiics import __version__  # noqa: E402
+from aspiics import __version__
 
 project = "aspiics"
 author = "The aspiics developers"
-copyright = f"{datetime.now(timezone.utc).year}, {author}"  # noqa: A001
+copyright = f"{datetime.now(UTC).year}, {author}"
 release = __version__
 version = ".".join(__version__.split(".")[:2])
 
@@ -68,7 +68,19 @@ sphinx_gallery_conf = {
 }
 
 # Examples run offline: silence the IERS auto-download attempt of astropy.
-from astropy.utils import iers  # noqa: E402
+from astropy.utils import iers
 
 iers.conf.auto_download = False
 warnings.filterwarnings("ignore", message=".*Tried to get polar motions.*")
+
+
+def _plain_cite_role(name, rawtext, text, lineno, inliner, options=None, content=None):
+    """Render ``:cite:t:`key``` (used in docstrings inherited from sunpy) as plain text."""
+    from docutils import nodes
+
+    return [nodes.Text(text)], []
+
+
+def setup(app):
+    """Register the roles our inherited sunpy docstrings need without sphinxcontrib-bibtex."""
+    app.add_role("cite:t", _plain_cite_role)
