@@ -448,14 +448,16 @@ def _nanmedian_rows(vals):
 
 
 def replace_bad_pixels(
-    data, variance, *, thresholds=(15.0, 20.0), hot_pixels=None, flags=None, inplace=False
+    data, variance, *, thresholds=(15.0, 20.0), hot_pixels=None, flags=None, inplace=False, isolated=True
 ):
     """
     Replace hot pixels and isolated outliers by the median of their 3×3 neighbourhood (SPEC §5.8).
 
     First the listed hot pixels are replaced by the median of their valid neighbours; then, for
     each threshold ``k`` in turn (the reference: 15, then ``eta2`` = 20), every pixel with
-    ``|x − median₃ₓ₃(x)| > k·σ`` is replaced by that median.
+    ``|x − median₃ₓ₃(x)| > k·σ`` is replaced by that median. With ``isolated=True`` (the default)
+    the pixel must also stand out from *every* one of its eight neighbours by more than ``k·σ``
+    (above their maximum or below their minimum).
 
     Parameters
     ----------
@@ -472,6 +474,11 @@ def replace_bad_pixels(
         on replaced pixels (in place). Default: non-finite pixels are invalid.
     inplace : bool, optional
         Modify ``data`` and ``variance`` (float32 arrays) in place instead of copying them.
+    isolated : bool, optional
+        Only replace isolated outliers (see above). The reference tests the median alone, which at
+        high signal-to-noise also replaces real coronal structure narrower than the 3×3 window
+        (rays, streamer edges: their neighbours along the structure are as bright as they are);
+        a defective pixel stands out from all its neighbours. Set False for the reference rule.
 
     Returns
     -------
@@ -542,10 +549,17 @@ def replace_bad_pixels(
             if idx.size == 0:
                 continue
             r, c = np.divmod(idx, nx)
-            med = _nanmedian_rows(_neighbourhoods(ref, r, c))
+            neighbourhoods = _neighbourhoods(ref, r, c)
+            med = _nanmedian_rows(neighbourhoods)
             x = ref.flat[idx]
+            ks = np.float32(k) * np.sqrt(var.flat[idx])
             with np.errstate(invalid="ignore"):
-                bad = np.abs(x - med) > np.float32(k) * np.sqrt(var.flat[idx])
+                bad = np.abs(x - med) > ks
+                if isolated:
+                    others = np.delete(neighbourhoods, 4, axis=1)  # the 8 neighbours
+                    bad &= (x - np.fmax.reduce(others, axis=1) > ks) | (
+                        np.fmin.reduce(others, axis=1) - x > ks
+                    )
             if bad.any():
                 _replace(idx[bad], med[bad])
     return out, var, flags, n_replaced
@@ -678,6 +692,7 @@ _OPTION_DEFAULTS = {
     "exact_nonlinearity": False,
     "bad_pixel_thresholds": None,
     "use_hot_pixels": True,
+    "isolated_outliers": True,
     "vignetting_threshold": 0.05,
     "banding": None,
     "banding_options": None,
@@ -891,12 +906,20 @@ def _do_badpix(st, ctx):
     if thresholds is None:
         thresholds = (cal.eta1, cal.eta2)
     hot = cal.hot_pixels if ctx.options["use_hot_pixels"] else None
+    isolated = bool(ctx.options["isolated_outliers"])
     st.data, st.variance, st.flags, n = replace_bad_pixels(
-        st.data, st.variance, thresholds=thresholds, hot_pixels=hot, flags=st.flags, inplace=True
+        st.data,
+        st.variance,
+        thresholds=thresholds,
+        hot_pixels=hot,
+        flags=st.flags,
+        inplace=True,
+        isolated=isolated,
     )
     n_hot = 0 if hot is None else len(hot[0])
     ks = "/".join(f"{k:g}" for k in thresholds)
-    return f"badpix: 3x3 median where |x-med|>k*sigma, k={ks}, hot list {n_hot} px; replaced {n} px"
+    rule = "isolated (beyond all 8 neighbours)" if isolated else "reference rule"
+    return f"badpix: 3x3 median where |x-med|>k*sigma, k={ks}, {rule}, hot list {n_hot} px; replaced {n} px"
 
 
 def _do_vignetting(st, ctx):
@@ -1069,6 +1092,7 @@ def calibrate_map(m, calibration=None, *, steps=DEFAULT_STEPS, filter=None, **op
     **options
         ``exact_nonlinearity`` (bool, False), ``bad_pixel_thresholds`` (sequence, default
         ``(eta1, eta2)`` of the calibration), ``use_hot_pixels`` (bool, True),
+        ``isolated_outliers`` (bool, True: see `replace_bad_pixels`),
         ``vignetting_threshold`` (float, 0.05), ``banding`` (callable
         ``f(data, *, mask=None, **kw) -> (corrected, pattern)``, default None: step skipped),
         ``banding_options`` (dict).
