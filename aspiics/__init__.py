@@ -1,8 +1,14 @@
 """
 aspiics: calibration and science products for ASPIICS, the coronagraph of ESA's Proba-3.
 
-Importing the package registers `aspiics.map.ASPIICSMap` with `sunpy.map.Map`, so that
-``sunpy.map.Map("aspiics_wb_l1_....fits")`` returns an ASPIICS map.
+Importing the package registers `aspiics.ASPIICSMap` with `sunpy.map.Map`, so that
+``sunpy.map.Map("aspiics_wb_l1_....fits")`` returns an ASPIICS map, and registers the ASPIICS
+colormaps with matplotlib.
+
+The processing functions live in submodules: `aspiics.calibrate` (level 2),
+`aspiics.resample` and `aspiics.merge` (exposure composites), `aspiics.polarization`,
+`aspiics.fcorona` and `aspiics.lines` (level-3 products), `aspiics.simulate` (forward model).
+The most used ones are also available here.
 """
 
 import logging
@@ -17,6 +23,31 @@ log = logging.getLogger("aspiics")
 log.addHandler(logging.NullHandler())
 
 from aspiics import visualization  # noqa: E402, F401  (registers the colormaps)
+from aspiics.calibrate import calibrate_map, to_physical_units  # noqa: E402
+from aspiics.calibration import CalibrationArchive, CalibrationSet, open_calibration  # noqa: E402
+from aspiics.fcorona import f_corona_model, subtract_f_corona  # noqa: E402
+from aspiics.io import read_map, write_map  # noqa: E402
+from aspiics.lines import line_emission  # noqa: E402
 from aspiics.map import ASPIICSMap  # noqa: E402
+from aspiics.polarization import demodulate  # noqa: E402
+from aspiics.resample import reproject_affine  # noqa: E402
+from aspiics.units import MSB  # noqa: E402
 
-__all__ = ["ASPIICSMap", "__version__", "log"]
+__all__ = [
+    "MSB",
+    "ASPIICSMap",
+    "CalibrationArchive",
+    "CalibrationSet",
+    "__version__",
+    "calibrate_map",
+    "demodulate",
+    "f_corona_model",
+    "line_emission",
+    "log",
+    "open_calibration",
+    "read_map",
+    "reproject_affine",
+    "subtract_f_corona",
+    "to_physical_units",
+    "write_map",
+]

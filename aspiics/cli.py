@@ -33,7 +33,7 @@ _INFO_COLUMNS = (
 )
 
 
-def _progress(iterable, **kwargs):
+def _progress(iterable=None, **kwargs):
     """A progress bar on standard error, hidden when it is not a terminal (e.g. in CI logs)."""
     kwargs.setdefault("disable", None)  # tqdm: None hides the bar on non-TTY outputs
     kwargs.setdefault("leave", False)

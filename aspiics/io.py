@@ -576,7 +576,10 @@ def write_fits(path, data, header, *, overwrite=False, extra_hdus=()):
     header = header if isinstance(header, fits.Header) else fits.Header(header)
     primary = fits.PrimaryHDU(data=data, header=header, do_not_scale_image_data=True)
     hdul = fits.HDUList([primary, *extra_hdus])
-    with atomic_output(path, overwrite=overwrite) as tmp:
+    with atomic_output(path, overwrite=overwrite) as tmp, warnings.catch_warnings():
+        # Keyword comments carried over from input headers may not fit next to a longer value:
+        # astropy shortens them, which loses nothing but commentary.
+        warnings.filterwarnings("ignore", message="Card is too long, comment will be truncated")
         hdul.writeto(tmp, overwrite=True, output_verify="exception")
     return Path(path)
 

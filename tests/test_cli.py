@@ -90,3 +90,85 @@ def test_info_each_bad_input_exits_non_zero(tmp_path, good_file, capsys, kind):
     assert main(["info", str(path)]) == 1
     out = capsys.readouterr().out
     assert kind in out
+
+
+def test_simulate_writes_frames_and_calibration(tmp_path, capsys):
+    out = tmp_path / "sim"
+    assert main(["simulate", str(out), "--size", "128", "--exposures", "0.1", "1", "--seed", "3"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    frames = sorted(out.glob("aspiics_wb_l1_*.fits"))
+    assert len(frames) == 2
+    assert {str(p) for p in frames} <= set(printed)
+    releases = list((out / "calibration").glob("calibration_data_*"))
+    assert len(releases) == 1
+    assert (releases[0] / "l2_config.json").is_file()
+    # Same seed again: refused without --overwrite, nothing changed.
+    before = frames[0].read_bytes()
+    assert main(["simulate", str(out), "--size", "128", "--exposures", "0.1", "1", "--seed", "3"]) == 1
+    assert "exist" in capsys.readouterr().err
+    assert frames[0].read_bytes() == before
+
+
+def test_simulate_polarized_and_bad_filter(tmp_path, capsys):
+    out = tmp_path / "pol"
+    assert main(["simulate", str(out), "--size", "128", "--polarized", "--exposures", "1"]) == 0
+    assert {p.name.split("_")[1] for p in out.glob("aspiics_*_l1_*.fits")} == {"p1", "p2", "p3"}
+    capsys.readouterr()
+    assert main(["simulate", str(tmp_path / "x"), "--size", "128", "--filter", "Unknown"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("aspiics: error:")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_l2_command(tmp_path, capsys):
+    sim = tmp_path / "sim"
+    assert main(["simulate", str(sim), "--size", "128", "--exposures", "0.1", "1"]) == 0
+    capsys.readouterr()
+    release = next((sim / "calibration").glob("calibration_data_*"))
+    broken = sim / "aspiics_wb_l1_0000000000001A_20250812T181424.fits"
+    broken.write_text("broken")
+    status = main(["l2", str(sim), "--calibration", str(release), "--outdir", str(tmp_path / "l2")])
+    captured = capsys.readouterr()
+    assert status == 1  # the broken file fails, the others are processed
+    outputs = sorted((tmp_path / "l2").glob("aspiics_wb_l2_*.fits"))
+    assert len(outputs) == 2
+    assert "Traceback" not in captured.err
+    assert broken.name in captured.err
+    from aspiics import ASPIICSMap
+
+    l2 = ASPIICSMap.read(outputs[0])
+    assert l2.processing_level == 2
+    assert l2.sigma is not None
+    # Parent folder of releases works as well, and existing outputs are not overwritten.
+    broken.unlink()
+    status = main(
+        ["l2", str(sim), "--calibration", str(sim / "calibration"), "--outdir", str(tmp_path / "l2")]
+    )
+    assert status == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["l2", str(sim), "--calibration", str(sim / "calibration"), "--outdir", str(tmp_path / "l2"),
+                 "--overwrite"]) == 0  # fmt: skip
+
+
+def test_l2_missing_calibration(tmp_path, capsys):
+    sim = tmp_path / "sim"
+    assert main(["simulate", str(sim), "--size", "128", "--exposures", "1"]) == 0
+    capsys.readouterr()
+    status = main(
+        ["l2", str(sim), "--calibration", str(tmp_path / "nowhere"), "--outdir", str(tmp_path / "o")]
+    )
+    assert status == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_demo_small(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", str(out), "--size", "128"]) == 0
+    text = capsys.readouterr().out
+    assert "demo finished" in text
+    assert len(list((out / "l1").glob("*.fits"))) == 6
+    assert len(list((out / "l2").glob("*.fits"))) == 6
+    pngs = list((out / "quicklook").glob("*.png"))
+    assert len(pngs) >= 12
+    assert all(p.stat().st_size > 10_000 for p in pngs)

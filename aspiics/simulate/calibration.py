@@ -302,6 +302,10 @@ def _release_config(shape, valid_from):
         cd[key] = "./"
     cd["nonlin"] = "detector_nonlin.fits"
     cd["hotpixel"] = "hotpixels_list.fits"
+    # A synthetic release is self-consistent: CONV_PHO = Aphot / MSB for every filter (release 1.0
+    # has a factor-10 fault for Polarizer 0 and 60, which the calibration loader warns about).
+    for name in FILTERS:
+        cd[name]["CONV_PHO"] = cd[name]["Aphot"] / cd[name]["MSB"]
     return cfg
 
 
