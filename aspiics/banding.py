@@ -26,6 +26,7 @@ __all__ = [
     "BandingResult",
     "BandingTemplate",
     "correct_banding",
+    "correct_banding_step",
     "estimate_banding_template",
 ]
 
@@ -49,6 +50,8 @@ DEFAULT_PARAMS = {
     "min_valid": 0.25,
     "min_full": 0.9,
     "template_k": 4.0,
+    "struct_iter": 1,
+    "struct_tau": 0.1,
 }
 
 _CHI2_1_MEDIAN = 0.45493642  # median of a chi-square variable with one degree of freedom
@@ -306,23 +309,36 @@ def _interp_index(n_full, n_low, b):
     return i0, i1, w
 
 
-def _cubic_index(n_full, n_low, b):
-    """Indices (4, n_full) and Keys cubic-convolution weights (4, n_full), edges clamped."""
-    pos = (np.arange(n_full) + 0.5) / b - 0.5
-    i = np.floor(pos).astype(np.intp)
-    t = (pos - i).astype(np.float32)
-    a = -0.5
-    d = np.stack([1 + t, t, 1 - t, 2 - t])
-    w = np.where(d <= 1, (a + 2) * d**3 - (a + 3) * d**2 + 1, a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a)
-    idx = np.clip(i[None] + np.arange(-1, 3)[:, None], 0, n_low - 1)
-    return idx, w.astype(np.float32)
+def _histo_index(n_full, n_low, b):
+    """
+    Indices (4, n_full) and weights (4, n_full) that interpolate a cubic through 4 block means.
+
+    The weights reproduce any cubic polynomial exactly from its means over blocks of ``b`` pixels
+    (histopolation), so no separate block-mean-to-point-value correction is needed. The stencil is
+    the 4 blocks nearest to the pixel, shifted inwards at the edges.
+    """
+    if n_low < 4:
+        raise ProcessingError(
+            f"Image too small for the banding block size: {n_low} blocks of {b} pixels along an axis "
+            "(need 4); use a smaller 'block'."
+        )
+    pix = np.arange(n_full)
+    j = np.minimum(pix // b, n_low - 1)
+    t = (pix + 0.5) / b - j  # position relative to the own block's left edge, in block units
+    start = np.clip(j + np.where(t >= 0.5, -1, -2), 0, n_low - 4) - j
+    k = (start[:, None] + np.arange(4)[None]).astype(np.float64)  # (n, 4) block offsets
+    # moments of block [k, k+1): int s^m ds, m = 0..3 -> solve sum_k w_k mom[m, k] = t^m
+    mom = np.stack([((k + 1) ** (m + 1) - k ** (m + 1)) / (m + 1) for m in range(4)], axis=1)
+    rhs = np.stack([t**m for m in range(4)], axis=1)
+    w = np.linalg.solve(mom, rhs[..., None])[..., 0]
+    return (j[:, None] + k.astype(np.intp)).T, w.T.astype(np.float32)
 
 
-def _upsample(low, b, shape):
-    """Cubic-convolution upsampling from block centres (exact for quadratic surfaces)."""
+def _interp_blocks(low, b, shape):
+    """Separable cubic histopolation from block means (``low``) to pixels of ``shape``."""
     ny, nx = shape
-    iy, wy = _cubic_index(ny, low.shape[0], b)
-    ix, wx = _cubic_index(nx, low.shape[1], b)
+    iy, wy = _histo_index(ny, low.shape[0], b)
+    ix, wx = _histo_index(nx, low.shape[1], b)
     tmp = low[:, ix[0]] * wx[0]
     for k in range(1, 4):
         tmp += low[:, ix[k]] * wx[k]
@@ -330,14 +346,6 @@ def _upsample(low, b, shape):
     for k in range(1, 4):
         out += tmp[iy[k]] * wy[k][:, None]
     return out
-
-
-def _point_values(low):
-    """Turn block means into point values at the block centres (remove the b^2/24 Laplacian bias)."""
-    f = _fill_nearest(low)
-    pad = np.pad(f, 1, mode="edge")
-    lap = pad[:-2, 1:-1] + pad[2:, 1:-1] + pad[1:-1, :-2] + pad[1:-1, 2:] - 4 * f
-    return f - lap / 24.0
 
 
 def _upsample_1d(low, b, n):
@@ -370,7 +378,8 @@ def _estimate_variance(data, block, min_count):
     low, _ = _block_median(d, block, min_count)
     low /= 6.0 * _CHI2_1_MEDIAN
     low = _fill_nearest(low)
-    return _upsample(low, block, (ny, nx))
+    floor = np.float32(0.25 * low.min()) if low.size else np.float32(0)
+    return np.maximum(_interp_blocks(low, block, (ny, nx)), floor)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -463,6 +472,33 @@ def _fit_columns(h, s, w, *, npar, nseg, gain, p, init):
     return a, g, va, vg, cov
 
 
+def _structure_weights(h, w, a, g, s, b, npar, p):
+    """
+    Down-weight pixels near unresolved structure (faint rays, streamer edges).
+
+    The residual of the column model, in noise units, is averaged over ``b`` x ``b`` blocks; its
+    excess over 1 (unit variance expected from noise alone) measures how badly the smooth image
+    predicts the scene there. The excess is spread to the neighbouring blocks that enter the
+    interpolation stencil, and the weights become ``w / (1 + excess / struct_tau)``.
+    """
+    ny, nx = h.shape
+    rep = ny // npar
+    model = np.broadcast_to(a[None].astype(np.float32), (rep, npar, nx)).reshape(ny, nx)
+    if p["gain"]:
+        model = model + np.broadcast_to(g[None].astype(np.float32), (rep, npar, nx)).reshape(ny, nx) * s
+    r2 = (h - model) ** 2 * w
+    used = (w > 0).astype(np.float32)
+    sr2 = _blocks(r2, b).sum(axis=-1)
+    cnt = _blocks(used, b).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ex = np.where(cnt > 0, sr2 / np.maximum(cnt, 1) - 1.0, 0.0)
+    ex = np.clip(ex, 0, None)
+    ex = ndimage.maximum_filter(ex, size=(3, 5), mode="nearest")
+    fac = 1.0 / (1.0 + ex / p["struct_tau"])
+    fac = np.repeat(np.repeat(fac.astype(np.float32), b, axis=0), b, axis=1)
+    return w * fac
+
+
 def _fit_rows(h, w, *, nseg, p):
     """Robust additive per-row fit; segments along x. Returns r (ny,), var_r (ny,)."""
     ny, nx = h.shape
@@ -545,7 +581,7 @@ def _level(data, var, *, npar, depth, p, col_threshold=None):
         d1 = data
 
     # 3. smooth (pattern-free) version of the image and its high-pass
-    smooth = _upsample(_point_values(low), b, (ny, nx)).astype(np.float32)
+    smooth = _interp_blocks(_fill_nearest(low), b, (ny, nx)).astype(np.float32)
     hp = d1 - smooth
     # use only pixels whose smooth value comes from full blocks (no extrapolation near NaN areas)
     good = ndimage.binary_erosion(nfull >= p["min_full"] * b * b, np.ones((5, 5), bool), border_value=1)
@@ -556,6 +592,9 @@ def _level(data, var, *, npar, depth, p, col_threshold=None):
 
     # 4. per-column (per-parity) fit, then per-row fit of what is left
     a, g, va, vg, cov = _fit_columns(hp, smooth, w, npar=npar, nseg=nseg, gain=p["gain"], p=p, init=None)
+    for _ in range(p["struct_iter"]):
+        w = _structure_weights(hp, w, a, g, smooth, b, npar, p)
+        a, g, va, vg, cov = _fit_columns(hp, smooth, w, npar=npar, nseg=nseg, gain=p["gain"], p=p, init=None)
     if col_threshold is not None:
         with np.errstate(invalid="ignore", divide="ignore"):
             # joint significance of (a, g) using the diagonal errors (conservative)
@@ -674,11 +713,14 @@ def correct_banding(data, *, variance=None, mask=None, template=None, exposure_t
         Algorithm parameters (defaults in `DEFAULT_PARAMS`):
 
         ``block`` (8)
-            Block size (pixels) of the block-median smoothing at each pyramid level.
+            Block size (pixels) of the smooth image (sigma-clipped block means).
+        ``k_block`` (3.0)
+            Clipping threshold (noise σ around the block median) of the block means.
         ``levels`` (1)
-            Pyramid levels. Level 1 works at full resolution, level 2 on the ``block``-binned image
-            (for banding at scales of ``block`` to ``block**2`` columns and for the low-frequency
-            row banding), and so on.
+            Pyramid levels. Level 1 works at full resolution; level 2 also destripes the
+            ``block``-binned image (banding at scales of ``block`` to ``block**2`` columns), and so
+            on. Experimental: on bright, structured scenes the coarser levels take coronal
+            structure for banding.
         ``nseg`` (8)
             Number of segments along each column (and row) for the consistency test.
         ``k_pix`` (4.0), ``k_init`` (8.0)
@@ -700,9 +742,18 @@ def correct_banding(data, *, variance=None, mask=None, template=None, exposure_t
         ``rows`` (True)
             Also fit the additive per-row (horizontal) banding.
         ``min_valid`` (0.25)
-            Minimum fraction of valid pixels in a block for its median to be used.
+            Minimum fraction of valid pixels in a block for its mean to be used.
+        ``min_full`` (0.9)
+            Pixels are used for the fit only where the blocks of their interpolation stencil are at
+            least this full (no extrapolation of the smooth image into NaN areas).
         ``template_k`` (4.0)
             With a template: per-frame column corrections below this significance are dropped.
+        ``struct_iter`` (1)
+            Passes of structure down-weighting after the first column fit (0 = off).
+        ``struct_tau`` (0.1)
+            Scale of the structure down-weighting: a pixel's weight is divided by
+            ``1 + excess / struct_tau``, with ``excess`` the residual variance in excess of the
+            noise (in units of the noise variance) in its block and the neighbouring blocks.
 
     Returns
     -------
@@ -711,8 +762,8 @@ def correct_banding(data, *, variance=None, mask=None, template=None, exposure_t
     Raises
     ------
     aspiics.exceptions.ProcessingError
-        If the input has the wrong dimension, no usable pixel, mismatched shapes, or unknown
-        parameters.
+        If the input has the wrong dimension, no usable pixel, mismatched shapes, is too small
+        for the block size, or has unknown parameters.
 
     Notes
     -----
@@ -721,29 +772,39 @@ def correct_banding(data, *, variance=None, mask=None, template=None, exposure_t
     areas), ``R`` the row (horizontal) banding. The corrected image is
     ``(data - A - R) / (1 + G)``.
 
-    The estimate is a pyramid (levels of factor ``block``), each level doing:
+    Steps (at each pyramid level; one level by default):
 
-    1. A smooth image: NaN-aware block median (``block`` x ``block``), empty blocks filled with the
-       nearest valid block, bilinear upsampling. Before upsampling, the block-median image is
-       itself destriped by the next pyramid level, so the smooth image carries no column
-       pattern and the high-pass keeps the banding at all scales below ``block**levels``
-       columns (a single high-pass of width L would leave about 1/L of a white column pattern).
+    1. Smooth image: sigma-clipped means over ``block`` x ``block`` blocks (values beyond
+       ``k_block`` σ of the block median dropped: rays, stars, a streamer a few columns wide), empty
+       blocks filled with the nearest valid block, then separable cubic histopolation back to full
+       resolution (weights that reproduce any cubic exactly from its block means, so the smooth
+       image carries no block-averaging bias).
     2. High-pass ``h = data - smooth``. Column structure (1 px wide) survives in ``h``; broad coronal
-       structure goes into the smooth image.
-    3. Per column and row parity, an inverse-variance weighted least-squares fit of
-       ``h = A + G * smooth`` (moment matching of every column to its neighbourhood, with a gain
-       term), made robust by (a) iterative clipping of pixels beyond ``k_pix`` σ around the fit,
-       with dilation, which masks rays, streamer edges and stars, and (b) a segment-consistency
+       structure goes into the smooth image. Only pixels whose 4 x 4 block stencil is full
+       (``min_full``) are used.
+    3. Per column and row parity, an inverse-variance weighted least-squares fit of ``h = A`` (or
+       ``h = A + G * smooth`` with ``gain=True``: moment matching of every column to its
+       neighbourhood), made robust by (a) iterative clipping of pixels beyond ``k_pix`` σ around the
+       fit, with dilation, which masks rays, streamer edges and stars; (b) a segment-consistency
        test: each column is cut into ``nseg`` segments along y, and segments whose mean residual
-       is inconsistent with the column fit are dropped. A bright streamer running along a column
-       is localised radially and therefore fails this test, whereas banding spans the whole
-       column. The gain term is kept only where significant (``k_gain``), and regularised by a
-       prior (``gain_prior``).
+       is inconsistent with the column fit are dropped (a bright streamer running along a column
+       is localised radially and fails this test, whereas banding spans the whole column);
+       (c) structure down-weighting (``struct_iter``, ``struct_tau``): where the residual of the
+       fit scatters more than the noise (faint unresolved rays, steep gradients the cubic does
+       not follow), the weights are reduced, so the column offsets come mostly from the parts of
+       each column where the smooth image is reliable.
     4. The same for rows (additive only, segments along x), on the high-pass minus the column model.
 
-    NaN, +Inf (dilated by ``sat_dilate``) and masked pixels get zero weight. Sorting-based block
-    medians and reductions over reshaped arrays keep the cost near 1 s for a 2048x2048 frame.
-    The pattern variance is propagated from the least-squares covariances of both levels.
+    NaN, +Inf (dilated by ``sat_dilate``) and masked pixels get zero weight. Block reductions on
+    reshaped arrays keep the cost near 0.6 s for a 2048 x 2048 frame. The pattern variance is the
+    least-squares variance of the fitted terms.
+
+    Limitation: the high-pass of width ``block`` cannot see the part of the banding that is smooth
+    over ``block`` columns. For a white column pattern about ``1/block`` of it (its low-frequency
+    part) stays in the corrected image: on the synthetic test scenes the regression slope of the
+    residual on the injected pattern is ≈ 0.2 at ``block=4`` (512 x 512) and ≈ 0.09 at ``block=8``
+    (2048 x 2048), and the residual per-column pattern has ≈ 0.46 and ≈ 0.3 of the injected RMS.
+    Larger blocks do not help on bright, structured scenes: they take coronal structure for banding.
 
     References
     ----------
@@ -801,6 +862,50 @@ def correct_banding(data, *, variance=None, mask=None, template=None, exposure_t
         column_gain=g,
         row_offset=r,
         params=rec,
+    )
+
+
+def correct_banding_step(data, *, mask=None, variance=None, template=None, exposure_time=None, **params):
+    """
+    Banding correction in the form the L2 pipeline step expects.
+
+    `aspiics.calibrate.apply_banding` calls ``func(data, mask=..., variance=..., exposure_time=...)``,
+    so ``m.calibrate(cal, banding=True)`` (or ``banding=correct_banding_step``) runs
+    `correct_banding` inside the L2 calibration (before the bad-pixel step), adds the pattern's
+    variance to the pixel variance and records the parameters in HISTORY.
+
+    Parameters
+    ----------
+    data : array-like
+        Flat-fielded MSB image (NaN = missing).
+    mask : array-like of bool, optional
+        Missing and saturated pixels (the pipeline's invalid flags). They are left out of the
+        estimate with a margin of ``sat_dilate`` pixels (blooming around saturated areas), and
+        corrected like the other pixels.
+    variance : array-like, optional
+        Pixel variance (MSB²); estimated from the image if not given.
+    template : `BandingTemplate`, optional
+        Static column pattern (see `correct_banding`).
+    exposure_time : float, optional
+        Exposure time (s), for a template with offsets in MSB s.
+    **params
+        Parameters of `correct_banding`.
+
+    Returns
+    -------
+    `BandingResult`
+        ``corrected``, ``pattern``, ``pattern_variance`` and ``history()``.
+
+    Raises
+    ------
+    aspiics.exceptions.ProcessingError
+        As `correct_banding`.
+    """
+    p = _params(params)
+    if mask is not None:
+        mask = _dilate(np.asarray(mask, dtype=bool), p["sat_dilate"])
+    return correct_banding(
+        data, variance=variance, mask=mask, template=template, exposure_time=exposure_time, **params
     )
 
 

@@ -349,7 +349,7 @@ def to_msb(data, variance, aphot, gain, exptime):
     return out, var
 
 
-def apply_banding(data, func, *, flags=None, **kwargs):
+def apply_banding(data, func, *, flags=None, variance=None, exposure_time=None, **kwargs):
     """
     Run a banding correction on an MSB image (SPEC §5.7, §6).
 
@@ -358,25 +358,52 @@ def apply_banding(data, func, *, flags=None, **kwargs):
     data : `numpy.ndarray`
         Flat-fielded image, MSB.
     func : callable
-        ``func(data, *, mask=None, **kwargs) -> (corrected, pattern)``, e.g.
-        ``aspiics.banding.correct_banding``.
+        ``func(data, *, mask=None, **kwargs)`` returning either ``(corrected, pattern)`` or a
+        result object with ``corrected``, ``pattern``, ``pattern_variance`` and ``history()``
+        (as `aspiics.banding.correct_banding_step` does).
     flags : `numpy.ndarray` (uint8), optional
         Missing and saturated pixels are passed as ``mask``.
+    variance : `numpy.ndarray`, optional
+        Pixel variance, passed on when ``func`` takes a ``variance`` argument.
+    exposure_time : float, optional
+        Exposure time (s), passed on when ``func`` takes an ``exposure_time`` argument.
     **kwargs
         Passed to ``func``.
 
     Returns
     -------
     corrected, pattern : `numpy.ndarray`
+        The corrected image and the removed pattern.
+    pattern_variance : `numpy.ndarray` or None
+        Variance of the pattern estimate, when ``func`` provides it.
+    description : str or None
+        A one-line description for HISTORY, when ``func`` provides it.
     """
+    import inspect
+
     mask = None if flags is None else (flags & _INVALID) != 0
-    corrected, pattern = func(data, mask=mask, **kwargs)
+    try:
+        accepted = inspect.signature(func).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        accepted = {}
+    if variance is not None and "variance" in accepted:
+        kwargs["variance"] = variance
+    if exposure_time is not None and "exposure_time" in accepted:
+        kwargs["exposure_time"] = exposure_time
+    result = func(data, mask=mask, **kwargs)
+    if isinstance(result, tuple):
+        corrected, pattern = result
+        pattern_variance = description = None
+    else:
+        corrected, pattern = result.corrected, result.pattern
+        pattern_variance = getattr(result, "pattern_variance", None)
+        description = result.history() if hasattr(result, "history") else None
     corrected = np.asarray(corrected, dtype=np.float32)
     if corrected.shape != np.shape(data):
         raise ProcessingError(
             f"banding function {func!r} returned shape {corrected.shape} for an image of {np.shape(data)}"
         )
-    return corrected, pattern
+    return corrected, pattern, pattern_variance, description
 
 
 def _minmax3(a):
@@ -889,13 +916,23 @@ def _do_msb(st, ctx):
 
 def _do_banding(st, ctx):
     func = ctx.options["banding"]
-    if func is None:
+    if func is None or func is False:
         return None
-    kwargs = ctx.options["banding_options"] or {}
-    st.data, pattern = apply_banding(st.data, func, flags=st.flags, **kwargs)
+    if func is True:
+        from aspiics.banding import correct_banding_step as func
+    kwargs = dict(ctx.options["banding_options"] or {})
+    st.data, pattern, pattern_variance, description = apply_banding(
+        st.data, func, flags=st.flags, variance=st.variance, exposure_time=ctx.exptime, **kwargs
+    )
     st.notes["banding_pattern"] = pattern
-    name = getattr(func, "__qualname__", repr(func))
-    return f"banding: {getattr(func, '__module__', '')}.{name} {kwargs or ''}".rstrip()
+    if pattern_variance is not None and st.variance is not None:
+        # The estimate's own error adds to the pixel variance.
+        extra = np.asarray(pattern_variance, dtype=np.float32)
+        np.add(st.variance, np.where(np.isfinite(extra), extra, np.float32(0)), out=st.variance)
+    if description is None:
+        name = getattr(func, "__qualname__", repr(func))
+        description = f"{getattr(func, '__module__', '')}.{name} {kwargs or ''}".rstrip()
+    return f"banding: {description}"
 
 
 def _do_badpix(st, ctx):
@@ -1093,9 +1130,9 @@ def calibrate_map(m, calibration=None, *, steps=DEFAULT_STEPS, filter=None, **op
         ``exact_nonlinearity`` (bool, False), ``bad_pixel_thresholds`` (sequence, default
         ``(eta1, eta2)`` of the calibration), ``use_hot_pixels`` (bool, True),
         ``isolated_outliers`` (bool, True: see `replace_bad_pixels`),
-        ``vignetting_threshold`` (float, 0.05), ``banding`` (callable
-        ``f(data, *, mask=None, **kw) -> (corrected, pattern)``, default None: step skipped),
-        ``banding_options`` (dict).
+        ``vignetting_threshold`` (float, 0.05), ``banding`` (True for
+        `aspiics.banding.correct_banding_step`, or a callable, see `apply_banding`; default None:
+        step skipped), ``banding_options`` (dict, e.g. ``{"template": BandingTemplate.load(path)}``).
 
     Returns
     -------
@@ -1237,7 +1274,7 @@ for _f, _step, _what in (
     (subtract_dark_map, "dark", "dark(T)·t/gain electrons subtracted"),
     (flat_field_map, "flat", "division by the flat of the filter"),
     (to_msb_map, "msb", "electrons → MSB with Aphot, gain and EXPTIME"),
-    (apply_banding_map, "banding", "needs ``banding=callable``; skipped otherwise"),
+    (apply_banding_map, "banding", "needs ``banding=True`` or a callable; skipped otherwise"),
     (replace_bad_pixels_map, "badpix", "hot pixels and k·σ outliers → 3×3 median"),
     (correct_vignetting_map, "vignetting", "division by the vignetting model, masked below a threshold"),
 ):

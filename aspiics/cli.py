@@ -171,23 +171,16 @@ def _l2_worker(calibration, outdir, *, overwrite, options):
     return work
 
 
-def _calibrate_files(files, calibration, outdir, *, overwrite, banding=True):
+def _calibrate_files(files, calibration, outdir, *, overwrite, banding=True, template=None):
     from aspiics.calibration import open_calibration
 
     cal = open_calibration(calibration)
-    options = {}
-    if banding:
-        options.update(_banding_options())
+    options = {"banding": banding}
+    if banding and template is not None:
+        from aspiics.banding import BandingTemplate
+
+        options["banding_options"] = {"template": BandingTemplate.load(template)}
     return _run_batch(files, _l2_worker(cal, outdir, overwrite=overwrite, options=options), desc="L2")
-
-
-def _banding_options():
-    """Calibration options that switch the banding step on (empty until it is available)."""
-    try:
-        from aspiics.banding import correct_banding_step
-    except ImportError:  # pragma: no cover - banding lands in its own module
-        return {}
-    return {"banding": correct_banding_step}
 
 
 def _cmd_l2(args):
@@ -196,7 +189,12 @@ def _cmd_l2(args):
         _error("no input files")
         return 1
     return _calibrate_files(
-        files, args.calibration, args.outdir, overwrite=args.overwrite, banding=not args.no_banding
+        files,
+        args.calibration,
+        args.outdir,
+        overwrite=args.overwrite,
+        banding=not args.no_banding,
+        template=args.banding_template,
     )
 
 
@@ -309,7 +307,7 @@ def _cmd_demo(args):
         calibration = open_calibration(cal.path)
         l2_files = []
         for path in _progress(l1_files, desc="L2", unit="frame"):
-            l2 = read_map(path).calibrate(calibration, **_banding_options())
+            l2 = read_map(path).calibrate(calibration, banding=True)
             out = outdir / "l2" / Path(path).name.replace("_l1_", "_l2_")
             l2.save(out, overwrite=args.overwrite)
             l2_files.append(out)
@@ -391,6 +389,12 @@ def _build_parser():
     p.add_argument("--outdir", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.add_argument("--no-banding", action="store_true", help="skip the banding correction")
+    p.add_argument(
+        "--banding-template",
+        metavar="FILE",
+        default=None,
+        help="static column-banding template (aspiics.banding.BandingTemplate FITS) to correct with",
+    )
     p.set_defaults(func=_cmd_l2)
 
     p = sub.add_parser(

@@ -358,6 +358,37 @@ class ASPIICSMap(GenericMap):
         return super().save(filepath, filetype=filetype, hdu_type=hdu_type, overwrite=overwrite, **kwargs)
 
     # ---------------------------------------------------------------------------------------
+    # Resampling
+
+    def reproject_to(self, target="sun", *, shape_out=None, order=3, **kwargs):
+        """
+        Resample the map onto another grid, keeping its class, mask, uncertainty and metadata.
+
+        Unlike `sunpy.map.GenericMap.reproject_to`, which drops them, this keeps everything and
+        uses `aspiics.resample.reproject_affine` (a NaN/Inf-safe prefiltered cubic spline). See
+        `aspiics.composite.reproject_map`.
+
+        Parameters
+        ----------
+        target : {'sun', 'longest'}, `~astropy.wcs.WCS`, header or `sunpy.map.GenericMap`, optional
+            ``'sun'`` (default): the official level-3 grid, Sun centre at the image centre and solar
+            north up; ``'longest'``: the map's own grid; or any WCS / sunpy map.
+        shape_out : tuple of int, optional
+            Output shape (needed for a bare WCS without ``array_shape``).
+        order : int, optional
+            Spline order (3: cubic).
+        **kwargs
+            Passed to `aspiics.resample.reproject_affine`.
+
+        Returns
+        -------
+        `ASPIICSMap`
+        """
+        from aspiics.composite import reproject_map
+
+        return reproject_map(self, target, shape_out=shape_out, order=order, **kwargs)
+
+    # ---------------------------------------------------------------------------------------
     # Level-2 calibration (thin wrappers over aspiics.calibrate)
 
     def calibrate(self, calibration=None, *, steps=None, filter=None, **options):

@@ -491,37 +491,20 @@ def north_up_header(reference, shape=None):
     -------
     `sunpy.util.MetaDict`
         The frame's metadata with the WCS replaced: Sun centre at the image centre
-        (``CRPIX = ((nx + 1)/2, (ny + 1)/2)``, ``CRVAL = 0``), ``PC`` = identity (no ``CROTA``),
-        the same plate scale (``CDELT``, arcsec) and shape.
+        (``CRPIX = ((nx + 1)/2, (ny + 1)/2)``, ``CRVAL = 0``), ``PC`` = identity, ``CROTA = 0``,
+        the same plate scale (``CDELT``, arcsec) and shape: the grid of
+        `aspiics.composite.sun_centered_wcs`.
     """
     from sunpy.util import MetaDict
 
-    ny, nx = reference.data.shape if shape is None else shape
-    scale = abs(float(reference.scale.axis1.to_value(u.arcsec / u.pix)))
-    scale2 = abs(float(reference.scale.axis2.to_value(u.arcsec / u.pix)))
+    from aspiics.composite import _grid_keywords, sun_centered_wcs
+
+    wcs, (ny, nx) = sun_centered_wcs(reference, shape=shape)
     meta = MetaDict(dict(reference.meta))
     for key in _WCS_KEYS:
         meta.pop(key, None)
-    meta.update(
-        {
-            "ctype1": "HPLN-TAN",
-            "ctype2": "HPLT-TAN",
-            "cunit1": "arcsec",
-            "cunit2": "arcsec",
-            "cdelt1": scale,
-            "cdelt2": scale2,
-            "crpix1": (nx + 1) / 2.0,
-            "crpix2": (ny + 1) / 2.0,
-            "crval1": 0.0,
-            "crval2": 0.0,
-            "pc1_1": 1.0,
-            "pc1_2": 0.0,
-            "pc2_1": 0.0,
-            "pc2_2": 1.0,
-            "naxis1": nx,
-            "naxis2": ny,
-        }
-    )
+    meta.update(_grid_keywords(wcs))
+    meta.update({"naxis1": nx, "naxis2": ny})
     return meta
 
 

@@ -82,5 +82,12 @@ def _plain_cite_role(name, rawtext, text, lineno, inliner, options=None, content
 
 
 def setup(app):
-    """Register the roles our inherited sunpy docstrings need without sphinxcontrib-bibtex."""
-    app.add_role("cite:t", _plain_cite_role)
+    """Give the ``cite`` roles of docstrings inherited from sunpy a plain rendering (no bibtex)."""
+    from sphinx.domains import Domain
+
+    class CiteDomain(Domain):
+        name = "cite"
+        label = "Citations rendered as plain text"
+        roles = {"t": _plain_cite_role, "p": _plain_cite_role}
+
+    app.add_domain(CiteDomain)

@@ -34,31 +34,35 @@ def coronal_scene(n=512, *, seed=0, column_streamer=True, streamer_contrast=1.0)
     r = np.hypot(y - cy, x - cx)
     th = np.arctan2(y - cy, x - cx)
     rr = np.maximum(r, r0) / r0
-    ang = np.ones_like(r)
+    # the angular structure depends on the position angle only: tabulate it on a fine grid
+    tg = np.linspace(-np.pi, np.pi, 1 << 18)
+    ang1 = np.ones_like(tg)
     for t0, w, amp in ((0.3, 0.25, 2.0), (2.6, 0.18, 1.5), (-1.2, 0.35, 1.0), (-2.4, 0.12, 2.5)):
-        ang += amp * np.exp(-0.5 * (np.angle(np.exp(1j * (th - t0))) / w) ** 2)
+        ang1 += amp * np.exp(-0.5 * (np.angle(np.exp(1j * (tg - t0))) / w) ** 2)
     # streamer edges: a sharp-edged fan
-    ang += 0.8 * (np.abs(np.angle(np.exp(1j * (th - 1.0)))) < 0.08)
+    ang1 += 0.8 * (np.abs(np.angle(np.exp(1j * (tg - 1.0)))) < 0.08)
     # fine radial rays (~1-3 px wide at mid radius), including near-polar (nearly column-aligned) ones
     thetas = rng.uniform(-np.pi, np.pi, 60)
     thetas[:6] = np.pi / 2 + rng.uniform(-0.15, 0.15, 6)
     thetas[6:12] = -np.pi / 2 + rng.uniform(-0.15, 0.15, 6)
     for t0 in thetas:
         w = rng.uniform(1.0, 3.0) / (0.3 * n)
-        ang += rng.uniform(0.1, 0.5) * np.exp(-0.5 * (np.angle(np.exp(1j * (th - t0))) / w) ** 2)
+        ang1 += rng.uniform(0.1, 0.5) * np.exp(-0.5 * (np.angle(np.exp(1j * (tg - t0))) / w) ** 2)
+    ang = np.interp(th, tg, ang1)
     truth = 200.0 * SIGMA * rr**-3.0 * ang
     # bright narrow streamer running exactly along one column, above the occulter
     scol = round(cx) + n // 16
     srows = slice(int(cy + 1.1 * r0), int(cy + 2.3 * r0))
     if column_streamer:
-        prof = np.exp(-0.5 * ((x - scol) / 0.7) ** 2) * ((y >= srows.start) & (y < srows.stop))
-        truth += streamer_contrast * truth * prof
+        cols = slice(scol - 5, scol + 6)
+        prof = np.exp(-0.5 * ((x[srows, cols] - scol) / 0.7) ** 2)
+        truth[srows, cols] += streamer_contrast * truth[srows, cols] * prof
     truth = truth.astype(np.float32)
     truth[r < r0] = np.nan
     for ty, tx in ((1, 6), (6, 1), (5, 6)):
         t = n // 8
         truth[ty * t : (ty + 1) * t, tx * t : (tx + 1) * t] = np.nan
-    sat = (r >= r0) & (r < 1.35 * r0) & (np.abs(np.angle(np.exp(1j * (th - 0.3)))) < 0.4)
+    sat = (r >= r0) & (r < 1.35 * r0) & (np.abs((th - 0.3 + np.pi) % (2 * np.pi) - np.pi) < 0.4)
     truth[sat] = np.inf
     return truth, scol, srows
 
@@ -196,7 +200,11 @@ def test_banding_reduced(banded):
 
 
 @pytest.mark.xfail(
-    reason="low-frequency part of a white column pattern stays (measured slope ~0.2)", strict=False
+    reason="measured slope 0.20 at 512x512 (block=4) and 0.09 at 2048x2048 (block=8): the high-pass of "
+    "width `block` leaves the part of a white column pattern that is smooth over `block` columns "
+    "(~1/block); wider blocks leave less but take coronal structure for banding (2048x2048, block=32: "
+    "slope still 0.09, null RMS 0.24 sigma, per-column null ratio 5.5)",
+    strict=False,
 )
 def test_banding_slope_target(banded):
     f, res = banded
@@ -212,11 +220,53 @@ def test_null_per_column_noise(null):
     assert ratio <= 2.0
 
 
-@pytest.mark.xfail(reason="measured 0.13 sigma at 512x512 (estimation noise of ~200 rows)", strict=False)
-def test_null_rms_target(null):
-    f, res = null
+def _unbiased_floor(f):
+    """RMS (in sigma) of the removed component of an ideal unbiased estimator on a banding-free frame.
+
+    Per pixel, the removed component is column offset + row offset; the best (weighted-mean) estimates
+    have variances sigma^2 / n_column (valid rows of that parity) and sigma^2 / n_row (valid columns).
+    """
     valid = np.isfinite(f.truth)
-    assert np.sqrt(np.mean(res.pattern[valid] ** 2)) <= 0.1 * SIGMA
+    ny = valid.shape[0]
+    ncol = np.stack([valid[0::2].sum(axis=0), valid[1::2].sum(axis=0)])[np.arange(ny) % 2]
+    nrow = valid.sum(axis=1)[:, None]
+    var = 1.0 / np.maximum(ncol, 1) + 1.0 / np.maximum(nrow, 1)
+    return float(np.sqrt(np.mean(np.broadcast_to(var, valid.shape)[valid]))) * f.sigma
+
+
+def test_null_rms_floor_at_512(null):
+    """The null RMS target (0.1 sigma) is tested at the real 2048x2048 size (test_null_2048).
+
+    At 512x512 even an ideal unbiased column + row estimator removes 0.083 sigma RMS from a
+    banding-free frame (~200 valid rows per column and parity, ~400 valid columns per row), which
+    leaves 0.017 sigma for everything else (the smooth-image noise alone adds ~10 % to the column
+    term); ours removes 0.13 sigma there. At 2048x2048 the floor is 0.04 sigma and we remove 0.06.
+    """
+    f, res = null
+    floor = _unbiased_floor(f)
+    assert 0.08 <= floor <= 0.09
+    valid = np.isfinite(f.truth)
+    assert np.sqrt(np.mean(res.pattern[valid] ** 2)) <= 1.6 * floor  # measured 0.13 = 1.5 x floor
+
+
+@pytest.fixture(scope="module")
+def null2048():
+    f = make_frame(2048, seed=3, banding=False)
+    return f, correct_banding(f.data, variance=np.ones_like(f.data))
+
+
+def test_null_2048(null2048):
+    """Null test at the detector size with the default parameters (block=8)."""
+    f, res = null2048
+    valid = np.isfinite(f.truth)
+    rms = np.sqrt(np.mean(res.pattern[valid] ** 2))
+    assert _unbiased_floor(f) < 0.05 * SIGMA  # measured 0.041
+    assert rms <= 0.1 * SIGMA  # measured 0.057
+    cm, cnt = column_medians(res.pattern, valid)
+    ok = cnt > 0
+    assert np.sqrt(np.mean((cm[ok] / (1.25 * SIGMA / np.sqrt(cnt[ok]))) ** 2)) <= 2.0  # measured 1.13
+    assert abs(structure_corr(f, res.pattern)) <= 0.05
+    assert streamer_contrast(res.corrected, f) >= 0.98 * streamer_contrast(f.truth, f)
 
 
 @pytest.mark.parametrize("which", ["banded", "null"])
@@ -291,3 +341,48 @@ def test_odd_shape_and_constant_image():
     res = correct_banding(img, **P512)
     assert res.corrected.shape == img.shape
     assert np.std(res.corrected.mean(axis=0)) < 0.5 * np.std(img.mean(axis=0))
+
+
+try:
+    from aspiics.simulate import make_calibration_set, simulate_acquisition
+
+    HAVE_SIM = True
+except ImportError:  # pragma: no cover - the simulator is optional
+    HAVE_SIM = False
+
+
+@pytest.mark.skipif(not HAVE_SIM, reason="aspiics.simulate not available")
+def test_calibrate_with_banding_step(tmp_path):
+    """``m.calibrate(cal, banding=correct_banding_step)`` runs the correction inside the L2 chain."""
+    from aspiics.banding import correct_banding_step
+    from aspiics.calibration import CalibrationSet
+    from aspiics.map import ASPIICSMap
+
+    shape = (256, 256)
+    release = make_calibration_set(tmp_path, shape=shape, seed=2)
+    acq = simulate_acquisition(
+        "Wideband", (1.0,), shape=shape, calibration=release, seed=5, column_streamer=True
+    )
+    frame = acq.frames[0]
+    l1 = ASPIICSMap(frame.data, frame.header)
+    cal = CalibrationSet(release.path)
+    plain = l1.calibrate(cal)
+    fixed = l1.calibrate(cal, banding=correct_banding_step)
+    assert any("aspiics.banding.correct_banding" in h for h in str(fixed.meta["history"]).splitlines())
+    truth = frame.truth
+    valid = np.isfinite(np.asarray(fixed.data)) & ~truth.hot & ~truth.unusual
+    inj, _ = column_medians(truth.banding_msb, valid)
+
+    def slope(m):
+        left, _ = column_medians(np.asarray(m.data, float) - truth.l2, valid)
+        ok = np.isfinite(left) & np.isfinite(inj)
+        x, y = inj[ok] - inj[ok].mean(), left[ok] - left[ok].mean()
+        return (x * y).sum() / (x * x).sum()
+
+    assert slope(plain) > 0.9  # measured 1.07
+    assert slope(fixed) < 0.3  # measured 0.18 (0.13 at 2048x2048)
+    # The estimate's own error is part of the uncertainty; banding=True is the same step.
+    both = valid & np.isfinite(plain.sigma) & np.isfinite(fixed.sigma)
+    assert np.all(fixed.sigma[both] >= plain.sigma[both] * (1 - 1e-6))
+    assert np.median(fixed.sigma[both] / plain.sigma[both]) > 1.0
+    np.testing.assert_array_equal(l1.calibrate(cal, banding=True).data, fixed.data)

@@ -565,7 +565,8 @@ def simulate_acquisition(
     shape : tuple of int, optional
         Detector shape; small shapes keep the 1.1–3 R☉ field (scaled plate scale).
     calibration : `~aspiics.simulate.SyntheticCalibration`, optional
-        Instrument truth; default ``make_calibration_set(shape=shape, seed=seed)``.
+        Instrument truth; default ``make_calibration_set(shape=shape, seed=seed)``, written into
+        ``outdir/calibration`` when ``outdir`` is given (so the frames can be calibrated).
     corona : `~aspiics.simulate.CoronaModel`, optional
         Scene; default ``CoronaModel(seed=seed)``.
     date_obs : str or `astropy.time.Time`, optional
@@ -639,7 +640,8 @@ def simulate_acquisition(
     seed_i = _seed_int(seed)
     shape = tuple(int(s) for s in shape)
     if calibration is None:
-        calibration = make_calibration_set(shape=shape, seed=seed_i)
+        cal_dir = None if outdir is None else Path(outdir) / "calibration"
+        calibration = make_calibration_set(cal_dir, shape=shape, seed=seed_i, overwrite=overwrite)
     elif tuple(calibration.shape) != shape:
         raise ValueError(
             f"calibration shape {calibration.shape} differs from shape={shape}; "
@@ -909,7 +911,8 @@ def simulate_polarized_set(
     seed_i = _seed_int(seed)
     shape = tuple(int(s) for s in shape)
     if calibration is None:
-        calibration = make_calibration_set(shape=shape, seed=seed_i)
+        cal_dir = None if outdir is None else Path(outdir) / "calibration"
+        calibration = make_calibration_set(cal_dir, shape=shape, seed=seed_i, overwrite=overwrite)
     if corona is None:
         corona = CoronaModel(seed=seed_i)
     t = Time(date_obs, scale="utc")
