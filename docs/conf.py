@@ -88,6 +88,6 @@ def setup(app):
     class CiteDomain(Domain):
         name = "cite"
         label = "Citations rendered as plain text"
-        roles = {"t": _plain_cite_role, "p": _plain_cite_role}
+        roles = {"t": _plain_cite_role, "p": _plain_cite_role}  # noqa: RUF012 (the Sphinx API)
 
     app.add_domain(CiteDomain)
