@@ -199,6 +199,184 @@ def _cmd_l2(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# Level 3
+
+
+def _l3_output(outdir, code, m, identifier, overwrite):
+    """Path of a level-3 product named per SPEC §2; refuse an existing file unless overwriting."""
+    from aspiics.io import format_filename
+
+    name = format_filename(code, 3, identifier, m.meta.get("date-obs") or m.date.isot)
+    m.meta["filename"] = name
+    out = Path(outdir) / name
+    if out.exists() and not overwrite:
+        raise AspiicsError(f"{out} exists already; pass --overwrite to replace it")
+    return out
+
+
+def _groups_by(files, key):
+    """Group files by ``key(parsed file name)``; unparsable names are errors of their own."""
+    from aspiics.io import parse_filename
+
+    groups, errors = {}, []
+    for path in files:
+        try:
+            groups.setdefault(key(parse_filename(path)), []).append(path)
+        except AspiicsError as err:
+            errors.append((path, err))
+    return groups, errors
+
+
+def _merge_sets(files, outdir, *, grid, blend, weighting, overwrite):
+    """One composite per acquisition; returns (written paths, number of failed sets)."""
+    from aspiics.composite import merge_exposures
+    from aspiics.io import group_acquisitions
+
+    groups, errors = _groups_by(files, lambda f: f.acquisition_id)
+    for path, err in errors:
+        _error(f"{path}: {str(err).splitlines()[0]}")
+    failed = len(errors)
+    written = []
+    for acq_id in _progress(sorted(groups), desc="merge", unit="set"):
+        try:
+            (acq,) = group_acquisitions(groups[acq_id])
+            if not acq.complete:
+                log.warning("acquisition %s has %d exposure(s) of 3; merging what there is", acq_id, len(acq))
+            out_map = merge_exposures(list(acq.members), blend=blend, weighting=weighting, target=grid)
+            out = _l3_output(outdir, acq.filter.code, out_map, acq_id, overwrite)
+            written.append(out_map.save(out, overwrite=overwrite))
+        except (AspiicsError, OSError) as err:
+            failed += 1
+            _error(f"acquisition {acq_id}: {str(err).splitlines()[0]}")
+    return written, failed
+
+
+def _cmd_merge(args):
+    files = _expand_inputs(args.inputs, level=2)
+    if not files:
+        _error("no input files")
+        return 1
+    written, failed = _merge_sets(
+        files,
+        args.outdir,
+        grid=args.grid,
+        blend=args.blend,
+        weighting=args.weighting,
+        overwrite=args.overwrite,
+    )
+    for path in written:
+        _out(path)
+    if failed:
+        _error(f"{failed} set(s) failed")
+        return 1
+    return 0
+
+
+def _polarization_sets(files, outdir, calibration, *, force, overwrite, grid="sun"):
+    """B, pB and angle per polarizer set (one cycle and sequence); returns (written, failed)."""
+    from aspiics.calibration import open_calibration
+    from aspiics.composite import merge_exposures
+    from aspiics.io import read_map
+    from aspiics.polarization import demodulate
+
+    cal = open_calibration(calibration)
+    if force:
+        groups, errors = _groups_by(files, lambda f: "all")
+    else:
+        groups, errors = _groups_by(files, lambda f: f.sequence_id)
+    for path, err in errors:
+        _error(f"{path}: {str(err).splitlines()[0]}")
+    failed = len(errors)
+    written = []
+    for key in _progress(sorted(groups), desc="polarization", unit="set"):
+        try:
+            by_filter, _ = _groups_by(groups[key], lambda f: f.code)
+            others = sorted(set(by_filter) - {"p1", "p2", "p3"})
+            if others:
+                raise AspiicsError(
+                    f"set {key}: non-polarizer frames ({', '.join(others)}) in a polarizer set"
+                )
+            maps = []
+            for code in sorted(by_filter):
+                paths = by_filter[code]
+                acquisitions, _ = _groups_by(paths, lambda f: f.acquisition_id)
+                if len(acquisitions) > 1:
+                    raise AspiicsError(
+                        f"set {key}: {code} frames of {len(acquisitions)} acquisitions; give one each"
+                    )
+                if len(paths) > 1:  # several exposures: HDR composite first
+                    maps.append(merge_exposures([read_map(p) for p in paths], target=grid))
+                else:
+                    maps.append(read_map(paths[0]))
+            products = demodulate(maps, cal)
+            ident = (
+                key if key != "all" else _groups_by(groups[key][:1], lambda f: f.sequence_id)[0].popitem()[0]
+            )
+            for code, name in (("bt", "B"), ("pb", "pB"), ("pa", "angle")):
+                product = products[name]
+                out = _l3_output(outdir, code, product, ident, overwrite)
+                written.append(product.save(out, overwrite=overwrite))
+        except (AspiicsError, OSError) as err:
+            failed += 1
+            _error(f"polarizer set {key}: {str(err).splitlines()[0]}")
+    return written, failed
+
+
+def _cmd_polarization(args):
+    files = _expand_inputs(args.inputs, level=2)
+    if not files:
+        _error("no input files")
+        return 1
+    written, failed = _polarization_sets(
+        files, args.outdir, args.calibration, force=args.force, overwrite=args.overwrite
+    )
+    for path in written:
+        _out(path)
+    if failed:
+        _error(f"{failed} set(s) failed")
+        return 1
+    return 0
+
+
+def _product_identifier(m):
+    """The 12-character cycle + sequence ID of level-3 science products (SPEC §2)."""
+    from aspiics.io import parse_filename
+
+    return parse_filename(m.meta.get("filename", "")).sequence_id
+
+
+def _cmd_fcorona(args):
+    from aspiics.fcorona import subtract_f_corona
+    from aspiics.io import read_map
+
+    def work(path):
+        m = read_map(path)
+        product = subtract_f_corona(m, model=args.model)
+        out = _l3_output(args.outdir, "bt", product, _product_identifier(m), args.overwrite)
+        yield product.save(out, overwrite=args.overwrite)
+
+    return _run_batch([Path(p) for p in args.files], work, desc="F-corona")
+
+
+def _cmd_line(args):
+    from aspiics.io import read_map
+    from aspiics.lines import line_emission
+
+    narrow, wide = read_map(args.narrowband), read_map(args.wideband)
+    product = line_emission(
+        narrow,
+        wide,
+        continuum_ratio=args.continuum_ratio,
+        f_corona=args.f_corona,
+        f_corona_ratio=args.f_corona_ratio,
+    )
+    code = "fe" if narrow.filter is not None and narrow.filter.code == "fe" else "he"
+    out = _l3_output(args.outdir, code, product, _product_identifier(narrow), args.overwrite)
+    _out(product.save(out, overwrite=args.overwrite))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # simulate
 
 
@@ -273,61 +451,100 @@ def _cmd_demo(args):
     import sunpy.map
 
     from aspiics.calibration import open_calibration
+    from aspiics.fcorona import subtract_f_corona
     from aspiics.io import read_map
-    from aspiics.simulate import simulate_polarized_set
+    from aspiics.lines import line_emission
+    from aspiics.simulate import simulate_acquisition, simulate_polarized_set
 
     outdir = Path(args.outdir)
     shape = (args.size, args.size)
+    scale = args.size / 2048  # blend and island sizes are in pixels of the 2048² detector
     start = time.perf_counter()
     timings = {}
-    with _progress(total=3, desc="demo", unit="stage") as bar:
-        # 1. Simulated L1 data: one Wideband acquisition and one polarizer set.
-        bar.set_postfix_str("simulate")
-        t0 = time.perf_counter()
+    stages = ("simulate", "L2", "merge", "polarization", "F-corona", "line", "quicklooks")
+    with _progress(total=len(stages), desc="demo", unit="stage") as bar:
+
+        def stage(name):
+            bar.set_postfix_str(name)
+            timings[name] = time.perf_counter()
+
+        def done(name):
+            timings[name] = time.perf_counter() - timings[name]
+            bar.update()
+
+        # Simulated L1 data: a Wideband acquisition of three exposures, an Fe XIV acquisition of
+        # two, and one polarizer set, with their synthetic calibration set.
+        stage("simulate")
         cal, wb = _simulate(
-            outdir / "l1",
-            seed=args.seed,
-            exposures=(0.1, 1.0, 10.0),
-            filter_name="Wideband",
-            polarized=False,
-            shape=shape,
-            overwrite=args.overwrite,
-        )
+            outdir / "l1", seed=args.seed, exposures=(0.1, 1.0, 10.0), filter_name="Wideband",
+            polarized=False, shape=shape, overwrite=args.overwrite,
+        )  # fmt: skip
+        fe = simulate_acquisition(
+            "Fe XIV", exposures=(2.0, 20.0), seed=args.seed, shape=shape, calibration=cal,
+            outdir=outdir / "l1", overwrite=args.overwrite, acquisition_id=None,
+            date_obs="2025-08-12T18:20:00",
+        )  # fmt: skip
         pol = simulate_polarized_set(
             exposures=(1.0,), seed=args.seed + 1, shape=shape, calibration=cal, outdir=outdir / "l1",
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, date_obs="2025-08-12T18:30:00",
         )  # fmt: skip
-        l1_files = [frame.path for acq in (*wb, *pol) for frame in acq.frames]
-        timings["simulate"] = time.perf_counter() - t0
-        bar.update()
+        l1_files = [frame.path for acq in (*wb, fe, *pol) for frame in acq.frames]
+        done("simulate")
 
-        # 2. L2 calibration.
-        bar.set_postfix_str("L2")
-        t0 = time.perf_counter()
+        stage("L2")
         calibration = open_calibration(cal.path)
         l2_files = []
         for path in _progress(l1_files, desc="L2", unit="frame"):
             l2 = read_map(path).calibrate(calibration, banding=True)
             out = outdir / "l2" / Path(path).name.replace("_l1_", "_l2_")
-            l2.save(out, overwrite=args.overwrite)
-            l2_files.append(out)
-        timings["L2"] = time.perf_counter() - t0
-        bar.update()
+            l2_files.append(l2.save(out, overwrite=args.overwrite))
+        done("L2")
 
-        # 3. Quicklooks.
-        bar.set_postfix_str("quicklooks")
-        t0 = time.perf_counter()
+        stage("merge")
+        l3 = outdir / "l3"
+        wb_fe = [p for p in l2_files if Path(p).name.split("_")[1] in ("wb", "fe")]
+        composites, failed = _merge_sets(
+            wb_fe, l3, grid="sun", blend=30 * scale, weighting="fill", overwrite=args.overwrite
+        )
+        if failed:
+            raise AspiicsError("demo: an exposure composite failed")
+        done("merge")
+
+        stage("polarization")
+        pol_files = [p for p in l2_files if Path(p).name.split("_")[1] in ("p1", "p2", "p3")]
+        products, failed = _polarization_sets(pol_files, l3, cal.path, force=False, overwrite=args.overwrite)
+        if failed:
+            raise AspiicsError("demo: the polarization products failed")
+        done("polarization")
+
+        stage("F-corona")
+        wb_l3 = read_map(next(p for p in composites if Path(p).name.startswith("aspiics_wb_")))
+        bt = subtract_f_corona(wb_l3)
+        bt_path = bt.save(
+            _l3_output(l3, "bt", bt, _product_identifier(wb_l3), args.overwrite), overwrite=args.overwrite
+        )
+        done("F-corona")
+
+        stage("line")
+        fe_l3 = read_map(next(p for p in composites if Path(p).name.startswith("aspiics_fe_")))
+        line = line_emission(fe_l3, wb_l3)
+        line_path = line.save(
+            _l3_output(l3, "fe", line, _product_identifier(fe_l3), args.overwrite), overwrite=args.overwrite
+        )
+        done("line")
+
+        stage("quicklooks")
         quick = outdir / "quicklook"
         quick.mkdir(parents=True, exist_ok=True)
+        show = [*l1_files[:3], *l2_files[:3], *composites, *products, bt_path, line_path]
         pngs = []
-        for path in _progress([*l1_files, *l2_files], desc="quicklooks", unit="file"):
+        for path in _progress(show, desc="quicklooks", unit="file"):
             png = quick / (Path(path).stem + ".png")
             if png.exists() and not args.overwrite:
                 raise AspiicsError(f"{png} exists already; pass --overwrite to replace it")
             pngs.append(_quicklook(sunpy.map.Map(path), png))
-        timings["quicklooks"] = time.perf_counter() - t0
-        bar.update()
-    for path in [*l1_files, *l2_files, *pngs]:
+        done("quicklooks")
+    for path in [*l1_files, *l2_files, *composites, *products, bt_path, line_path, *pngs]:
         _out(path)
     summary = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
     _out(f"demo finished in {time.perf_counter() - start:.1f} s ({summary}); outputs in {outdir}")
@@ -396,6 +613,72 @@ def _build_parser():
         help="static column-banding template (aspiics.banding.BandingTemplate FITS) to correct with",
     )
     p.set_defaults(func=_cmd_l2)
+
+    p = sub.add_parser(
+        "merge",
+        help="merge the exposures of each acquisition into an L3 composite",
+        description="Group level-2 files (files, or folders of aspiics_*_l2_*.fits) into acquisitions and "
+        "merge each one's 1-3 exposures into a high-dynamic-range level-3 composite on a common grid.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="L2 files or folders")
+    p.add_argument("--outdir", required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--grid",
+        choices=("sun", "longest"),
+        default="sun",
+        help="sun: Sun-centred, solar north up (default); longest: the longest exposure's frame",
+    )
+    p.add_argument("--blend", type=float, default=30, metavar="PX", help="blend width in pixels (default 30)")
+    p.add_argument("--weighting", choices=("fill", "inverse-variance"), default="fill", help="merge method")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.set_defaults(func=_cmd_merge)
+
+    p = sub.add_parser(
+        "polarization",
+        help="total brightness, polarized brightness and angle from the three polarizers",
+        description="Group polarizer level-2 files by acquisition cycle and sequence, merge the exposures "
+        "of each polarizer, and demodulate: writes the bt, pb and pa level-3 products.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="polarizer L2 files or folders")
+    p.add_argument(
+        "--calibration",
+        metavar="PATH",
+        default=None,
+        help="calibration release with the polarizer angle maps",
+    )
+    p.add_argument("--outdir", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--force", action="store_true", help="combine frames of different cycles into one set")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.set_defaults(func=_cmd_polarization)
+
+    p = sub.add_parser(
+        "fcorona",
+        help="subtract an F-corona model from total-brightness images",
+        description="Subtract the Koutchmy (2000) or Allen (1977) F-corona model from level-2 or level-3 "
+        "total-brightness images, giving 'bt' level-3 products.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="total-brightness files")
+    p.add_argument("--model", choices=("koutchmy", "allen"), default="koutchmy", help="F-corona model")
+    p.add_argument("--outdir", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.set_defaults(func=_cmd_fcorona)
+
+    p = sub.add_parser(
+        "line",
+        help="Fe XIV or He I line emission from a narrowband and a wideband image",
+        description="Line emission = NBF - C * WBF (- C_F * F-corona), with the coefficients of "
+        "aspiics.lines.line_emission.",
+    )
+    p.add_argument("narrowband", metavar="NBF", help="Fe XIV or He I image (L2 or L3)")
+    p.add_argument("wideband", metavar="WBF", help="Wideband image (L2 or L3)")
+    p.add_argument("--outdir", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--continuum-ratio", type=float, default=None, metavar="C", help="continuum ratio C")
+    p.add_argument(
+        "--f-corona", choices=("koutchmy", "allen"), default=None, help="also subtract this F-corona model"
+    )
+    p.add_argument("--f-corona-ratio", type=float, default=1.0, metavar="CF", help="F-corona coefficient")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.set_defaults(func=_cmd_line)
 
     p = sub.add_parser(
         "demo",

@@ -167,8 +167,99 @@ def test_demo_small(tmp_path, capsys):
     assert main(["demo", str(out), "--size", "128"]) == 0
     text = capsys.readouterr().out
     assert "demo finished" in text
-    assert len(list((out / "l1").glob("*.fits"))) == 6
-    assert len(list((out / "l2").glob("*.fits"))) == 6
+    assert len(list((out / "l1").glob("*.fits"))) == 8  # 3 Wideband + 2 Fe XIV + 3 polarizers
+    assert len(list((out / "l2").glob("*.fits"))) == 8
+    l3 = sorted(p.name.split("_")[1] for p in (out / "l3").glob("*.fits"))
+    assert l3 == ["bt", "bt", "fe", "fe", "pa", "pb", "wb"]  # composites wb/fe, products bt/pb/pa/fe
     pngs = list((out / "quicklook").glob("*.png"))
-    assert len(pngs) >= 12
+    assert len(pngs) == 6 + 7
     assert all(p.stat().st_size > 10_000 for p in pngs)
+    # Running again refuses to overwrite anything.
+    assert main(["demo", str(out), "--size", "128"]) == 1
+    assert "exist" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def l2_sets(tmp_path_factory):
+    """L2 files of a Wideband acquisition (2 exposures) and of a polarizer set, 128²."""
+    from aspiics.calibration import CalibrationSet
+    from aspiics.io import read_map
+    from aspiics.simulate import make_calibration_set, simulate_acquisition, simulate_polarized_set
+
+    root = tmp_path_factory.mktemp("sets")
+    cal = make_calibration_set(root / "calibration", shape=(128, 128), seed=4)
+    wb = simulate_acquisition(
+        "Wideband", (0.5, 5.0), shape=(128, 128), calibration=cal, seed=4, outdir=root / "l1"
+    )
+    pol = simulate_polarized_set((1.0,), shape=(128, 128), calibration=cal, seed=5, outdir=root / "l1")
+    calibration = CalibrationSet(cal.path)
+    l2 = root / "l2"
+    for frame in [*wb.frames, *(f for acq in pol for f in acq.frames)]:
+        read_map(frame.path).calibrate(calibration).save(l2 / frame.path.name.replace("_l1_", "_l2_"))
+    return root, cal.path
+
+
+def test_merge_command(l2_sets, tmp_path, capsys):
+    root, _cal = l2_sets
+    wb = sorted((root / "l2").glob("aspiics_wb_*.fits"))
+    assert main(["merge", *map(str, wb), "--outdir", str(tmp_path), "--blend", "2"]) == 0
+    (out,) = tmp_path.glob("aspiics_wb_l3_*.fits")
+    assert capsys.readouterr().out.strip() == str(out)
+    from aspiics import ASPIICSMap
+
+    m = ASPIICSMap.read(out)
+    assert m.processing_level == 3
+    assert m.meta["prod_id"] == "Total brightness"
+    assert all(p.name in m.meta["parent"] for p in wb)
+    # A set mixing filters is reported and skipped; the exit status says so.
+    p1 = next((root / "l2").glob("aspiics_p1_*.fits"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    import shutil
+
+    mixed = bad / wb[0].name.replace("_wb_", "_p1_")
+    shutil.copy(p1, mixed)
+    status = main(["merge", str(wb[0]), str(mixed), "--outdir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "mixes filters" in err
+
+
+def test_polarization_command(l2_sets, tmp_path, capsys):
+    root, cal = l2_sets
+    pol = sorted((root / "l2").glob("aspiics_p*_l2_*.fits"))
+    assert main(["polarization", *map(str, pol), "--calibration", str(cal), "--outdir", str(tmp_path)]) == 0
+    names = sorted(p.name.split("_")[1] for p in tmp_path.glob("*.fits"))
+    assert names == ["bt", "pa", "pb"]
+    from aspiics import ASPIICSMap
+
+    angle = ASPIICSMap.read(next(tmp_path.glob("aspiics_pa_*.fits")))
+    assert angle.meta["bunit"] == "deg"
+    assert np.nanmax(np.abs(angle.data)) <= 90
+    # A missing polarizer: reported, non-zero exit, nothing written.
+    capsys.readouterr()
+    status = main(
+        ["polarization", *map(str, pol[:2]), "--calibration", str(cal), "--outdir", str(tmp_path / "x")]
+    )
+    assert status == 1
+    assert "polarizer" in capsys.readouterr().err.lower()
+    assert not (tmp_path / "x").exists() or not list((tmp_path / "x").iterdir())
+
+
+def test_fcorona_and_line_commands(l2_sets, tmp_path, capsys):
+    root, _cal = l2_sets
+    wb = sorted((root / "l2").glob("aspiics_wb_*.fits"))[-1]
+    assert main(["fcorona", str(wb), "--outdir", str(tmp_path)]) == 0
+    (bt,) = tmp_path.glob("aspiics_bt_l3_*.fits")
+    from aspiics import ASPIICSMap
+
+    before, after = ASPIICSMap.read(wb), ASPIICSMap.read(bt)
+    ok = np.isfinite(before.data) & np.isfinite(after.data)
+    assert np.all(after.data[ok] < before.data[ok])  # the F-corona is positive everywhere
+    assert "koutchmy" in str(after.meta["history"]).lower()
+    # Line emission needs a narrowband frame: a Wideband pair is refused with one clear line.
+    capsys.readouterr()
+    assert main(["line", str(wb), str(wb), "--outdir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("aspiics: error:")
+    assert len(err.strip().splitlines()) == 1
