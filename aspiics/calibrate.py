@@ -500,7 +500,8 @@ def replace_bad_pixels(
         Missing and saturated pixels are neither tested nor used in medians; `FLAG_REPLACED` is set
         on replaced pixels (in place). Default: non-finite pixels are invalid.
     inplace : bool, optional
-        Modify ``data`` and ``variance`` (float32 arrays) in place instead of copying them.
+        Modify ``data`` and ``variance`` (float32 arrays) in place instead of copying them; the
+        invalid pixels of ``data`` are then set to NaN (re-apply the flags with `finalize`).
     isolated : bool, optional
         Only replace isolated outliers (see above). The reference tests the median alone, which at
         high signal-to-noise also replaces real coronal structure narrower than the 3×3 window
@@ -532,7 +533,12 @@ def replace_bad_pixels(
         flags = np.where(np.isfinite(out), 0, FLAG_MISSING).astype(np.uint8)
     ny, nx = out.shape
     invalid = (flags & _INVALID) != 0
-    ref = out.copy()
+    if inplace:
+        # The pipeline owns ``data`` and re-applies NaN/+Inf from the flags at the end: the invalid
+        # pixels can be NaN'd in place, and the reference image need not be a copy.
+        ref = out
+    else:
+        ref = out.copy()
     ref[invalid] = np.nan
     n_replaced = 0
     replaced_idx = []
@@ -863,11 +869,21 @@ def _check_input(m, filename):
 # --- step implementations on a _State ---------------------------------------------------------
 
 
+#: Rows processed at a time by the pipeline steps: the temporaries of a step stay a few MB.
+_STRIP = 256
+
+
+def _strips(n_rows):
+    return [slice(r, min(r + _STRIP, n_rows)) for r in range(0, n_rows, _STRIP)]
+
+
 def _do_bias(st, ctx):
     cal = ctx.calibration
-    bias = cal.bias(ctx.temperature)
-    st.data = subtract_bias(st.data, bias, cal.gain, flags=st.flags)
-    del bias
+    raw = np.asarray(st.data)
+    out = np.empty(raw.shape, dtype=np.float32)
+    for rows in _strips(raw.shape[0]):
+        out[rows] = subtract_bias(raw[rows], cal.bias(ctx.temperature, rows), cal.gain, flags=st.flags[rows])
+    st.data = out
     return f"bias: (DN - bias_A - bias_B*T)/gain, T={ctx.temperature:g} C, gain={cal.gain:g} DN/e"
 
 
@@ -875,7 +891,8 @@ def _do_nonlin(st, ctx):
     table = ctx.calibration.nonlinearity
     exact = bool(ctx.options["exact_nonlinearity"])
     before = int(np.count_nonzero(st.flags & FLAG_SATURATED))
-    st.data, st.flags = correct_nonlinearity(st.data, table, flags=st.flags, exact=exact)
+    for rows in _strips(st.data.shape[0]):
+        st.data[rows], _ = correct_nonlinearity(st.data[rows], table, flags=st.flags[rows], exact=exact)
     after = int(np.count_nonzero(st.flags & FLAG_SATURATED))
     name = table.source.rsplit("/", 1)[-1]
     return (
@@ -886,31 +903,43 @@ def _do_nonlin(st, ctx):
 
 def _do_variance(st, ctx):
     cal = ctx.calibration
-    dark = cal.dark(ctx.temperature)
-    st.variance = init_variance(
-        st.data, read_noise=cal.read_noise, gain=cal.gain, dark=dark, exptime=ctx.exptime
-    )
+    st.variance = np.empty(st.data.shape, dtype=np.float32)
+    for rows in _strips(st.data.shape[0]):
+        st.variance[rows] = init_variance(
+            st.data[rows], read_noise=cal.read_noise, gain=cal.gain, dark=cal.dark(ctx.temperature, rows),
+            exptime=ctx.exptime,
+        )  # fmt: skip
     return f"variance: (rn/g)^2 + dark*t/g + max(S - dark*t/g, 0), rn={cal.read_noise:g} DN"
 
 
 def _do_dark(st, ctx):
     cal = ctx.calibration
-    dark = cal.dark(ctx.temperature)
-    st.data = subtract_dark(st.data, dark, ctx.exptime, cal.gain)
+    for rows in _strips(st.data.shape[0]):
+        st.data[rows] = subtract_dark(st.data[rows], cal.dark(ctx.temperature, rows), ctx.exptime, cal.gain)
     return f"dark: - (dark_A2 + dark_B2*T + dark_C2*T^2)*t/gain, T={ctx.temperature:g} C, t={ctx.exptime:g} s"
 
 
 def _do_flat(st, ctx):
     cal = ctx.calibration
     flat = cal.flat(ctx.filter)
-    st.data, st.variance = flat_field(st.data, st.variance, flat, flags=st.flags)
+    for rows in _strips(st.data.shape[0]):
+        variance = None if st.variance is None else st.variance[rows]
+        data, variance = flat_field(st.data[rows], variance, flat[rows], flags=st.flags[rows])
+        st.data[rows] = data
+        if variance is not None:
+            st.variance[rows] = variance
     return f"flat: / {cal.file_path('flat:' + ctx.filter.name).name} ({ctx.filter.name})"
 
 
 def _do_msb(st, ctx):
     cal = ctx.calibration
     aphot = cal.aphot(ctx.filter)
-    st.data, st.variance = to_msb(st.data, st.variance, aphot, cal.gain, ctx.exptime)
+    for rows in _strips(st.data.shape[0]):
+        variance = None if st.variance is None else st.variance[rows]
+        data, variance = to_msb(st.data[rows], variance, aphot, cal.gain, ctx.exptime)
+        st.data[rows] = data
+        if variance is not None:
+            st.variance[rows] = variance
     return f"msb: * gain/(Aphot*t), Aphot={aphot:.4g} DN/s/MSB, t={ctx.exptime:g} s"
 
 
@@ -1059,17 +1088,17 @@ def _final_map(m, ctx, st, assumed, forced_filter):
     cal = ctx.calibration
     meta = _new_meta(m, ctx, st, assumed, forced_filter)
     data = finalize(st.data, st.flags)
-    mask = (st.flags & _INVALID) != 0
-    mask |= ~np.isfinite(data)
-    valid = ~mask
+    valid = np.isfinite(data)
+    valid &= (st.flags & _INVALID) == 0
     if st.variance is not None:
         sigma = np.sqrt(st.variance, out=st.variance)  # the variance is not needed any more
         st.variance = None
-        sigma[mask] = np.nan
+        np.copyto(sigma, np.float32(np.nan), where=~valid)
         unc = StdDevUncertainty(sigma)
     else:
         unc = None
     stats = valid_statistics(data, valid)
+    mask = np.logical_not(valid, out=valid)  # reuse the buffer: valid is not needed any more
     x_io, y_io = cal.io_center(ctx.filter)
     conv = cal.conversion_factors(ctx.filter)
     msb_phot = cal.msb(ctx.filter)

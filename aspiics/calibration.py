@@ -724,7 +724,7 @@ class CalibrationSet:
             )
 
     # ------------------------------------------------------------------ arrays
-    def bias(self, temperature):
+    def bias(self, temperature, rows=None):
         """
         Bias at a detector temperature: ``A + B·T``.
 
@@ -732,19 +732,21 @@ class CalibrationSet:
         ----------
         temperature : float
             APS_TEMP, °C.
+        rows : slice, optional
+            Evaluate only these rows (the pipeline works in strips to keep its memory small).
 
         Returns
         -------
         `numpy.ndarray` (float32)
             DN (a new array).
         """
-        a, _ = self._load("bias_A")
-        b, _ = self._load("bias_B")
+        rows = slice(None) if rows is None else rows
+        a, b = self._load("bias_A")[0][rows], self._load("bias_B")[0][rows]
         out = b * np.float32(temperature)
         out += a
         return out
 
-    def dark(self, temperature):
+    def dark(self, temperature, rows=None):
         """
         Dark current at a detector temperature: ``A + B·T + C·T²``.
 
@@ -752,15 +754,16 @@ class CalibrationSet:
         ----------
         temperature : float
             APS_TEMP, °C.
+        rows : slice, optional
+            Evaluate only these rows.
 
         Returns
         -------
         `numpy.ndarray` (float32)
             DN s⁻¹ (a new array).
         """
-        a, _ = self._load("dark_A2")
-        b, _ = self._load("dark_B2")
-        c, _ = self._load("dark_C2")
+        rows = slice(None) if rows is None else rows
+        a, b, c = (self._load(key)[0][rows] for key in ("dark_A2", "dark_B2", "dark_C2"))
         t = np.float32(temperature)
         out = c * t
         out += b

@@ -66,7 +66,7 @@ class ASPIICSMap(GenericMap):
     """
 
     def __init__(self, data, header, **kwargs):
-        data, mask = self._prepare_data(data, header)
+        data, mask = self._prepare_data(data, header, need_mask=kwargs.get("mask") is None)
         if mask is not None and kwargs.get("mask") is None:
             kwargs["mask"] = mask
         super().__init__(data, header, **kwargs)
@@ -87,7 +87,7 @@ class ASPIICSMap(GenericMap):
     # Data preparation
 
     @staticmethod
-    def _prepare_data(data, header):
+    def _prepare_data(data, header, need_mask=True):
         """
         Return (data, mask) following the ASPIICS conventions of each level.
 
@@ -99,7 +99,7 @@ class ASPIICSMap(GenericMap):
         level = _norm_text(header.get("level"))
         if not (np.issubdtype(data.dtype, np.integer) or level == "l1"):
             # Levels 2 and 3: NaN missing, +Inf saturated.
-            return data, ~np.isfinite(data)
+            return data, (~np.isfinite(data) if need_mask else None)
         blank = header.get("blank", BLANK_DN)
         bzero = header.get("bzero", 0) or 0
         bscale = header.get("bscale", 1) or 1
