@@ -25,7 +25,7 @@ log.addHandler(logging.NullHandler())
 from aspiics import visualization  # noqa: E402, F401  (registers the colormaps)
 from aspiics.calibrate import calibrate_map, to_physical_units  # noqa: E402
 from aspiics.calibration import CalibrationArchive, CalibrationSet, open_calibration  # noqa: E402
-from aspiics.composite import ExposureStack, align, composite, merge_exposures, sun_centered_wcs  # noqa: E402
+from aspiics.composite import ExposureStack, align, merge_exposures, sun_centered_wcs  # noqa: E402
 from aspiics.fcorona import f_corona_model, subtract_f_corona  # noqa: E402
 from aspiics.io import read_map, write_map  # noqa: E402
 from aspiics.lines import line_emission  # noqa: E402
@@ -43,7 +43,6 @@ __all__ = [
     "__version__",
     "align",
     "calibrate_map",
-    "composite",
     "demodulate",
     "f_corona_model",
     "line_emission",

@@ -4,19 +4,25 @@ Level-2 calibration of ASPIICS frames: DN → mean solar brightness (MSB).
 The calibration follows the reference L2 processor (Shestov et al. 2020; SPEC §5) step by step,
 with the seed's saturation fix, and carries a variance and per-pixel flags through every step:
 
-=============  =======================================================================  ==========
-step           operation                                                                unit after
-=============  =======================================================================  ==========
-``bias``       electrons = (DN − bias(T)) / gain; BLANK → missing, raw 16383 → saturated  electron
-``nonlin``     measured → linear signal (monotone spline); beyond the table → saturated   electron
-``variance``   (σ_read/g)² + dark e⁻ + max(signal − dark e⁻, 0)                          electron
-``dark``       − dark(T)·t/g                                                              electron
-``flat``       ÷ flat (variance ÷ flat²)                                                  electron
-``msb``        × g / (Aphot·t) (variance × its square)                                    MSB
-``banding``    optional callable ``f(data, mask=...) -> (corrected, pattern)``             MSB
-``badpix``     listed hot pixels and |x − median₃ₓ₃| > k·σ (k = eta1, then eta2) → median  MSB
-``vignetting`` optional: ÷ vignetting where it exceeds a threshold, masked below          MSB
-=============  =======================================================================  ==========
+``bias``
+    electrons = (DN − bias(T)) / gain; ``BLANK`` → missing, raw 16383 → saturated (electron).
+``nonlin``
+    measured → linear signal (monotone spline); beyond the table → saturated (electron).
+``variance``
+    (σ_read/g)² + dark e⁻ + max(signal − dark e⁻, 0) (electron²).
+``dark``
+    − dark(T)·t/g (electron).
+``flat``
+    ÷ flat, variance ÷ flat² (electron).
+``msb``
+    × g / (Aphot·t), variance × its square (MSB).
+``banding``
+    optional, ``banding=True`` or a callable (see `apply_banding`) (MSB).
+``badpix``
+    listed hot pixels and isolated outliers beyond k·σ of the 3×3 median (k = eta1, then eta2)
+    → median (MSB).
+``vignetting``
+    optional: ÷ vignetting where it exceeds a threshold, masked below (MSB).
 
 Two layers are provided:
 
