@@ -347,18 +347,22 @@ def _l3_meta(m, prod_id):
 
 
 def _append_history(meta, lines):
+    """Append lines to the ``HISTORY`` of a metadata dict (shared by the L3 product modules)."""
     old = meta.get("history", "")
     old = "\n".join(old) if isinstance(old, list | tuple) else str(old or "")
     meta["history"] = "\n".join([x for x in [old, *lines] if x])
 
 
 def _set_stats(meta, data):
-    finite = data[np.isfinite(data)]
-    if finite.size:
-        meta["datamin"] = float(finite.min())
-        meta["datamax"] = float(finite.max())
-        meta["datamean"] = float(finite.mean())
-        meta["datamedn"] = float(np.median(finite))
+    """``DATAMIN``, ``DATAMAX``, ``DATAMEAN``, ``DATAMEDN`` of the finite pixels (removed if none)."""
+    from aspiics.calibrate import valid_statistics
+
+    stats = valid_statistics(data)
+    for key, value in stats.items():
+        if np.isfinite(value):
+            meta[key.lower()] = value
+        else:
+            meta.pop(key.lower(), None)
 
 
 def subtract_f_corona(m, model="koutchmy"):

@@ -33,7 +33,9 @@ LINE_PRODUCTS = {"Fe XIV": "Green line", "He I": "He I D3 line"}
 #: scattered K-corona and dust-scattered F-corona) has nearly the photospheric spectrum, so its
 #: MSB value is the same in every passband up to colour terms of a few per cent. The reference
 #: processor (``l3_onband.py``) also uses 1.0 (``C_K_G``, ``C_K_D3``) pending an in-flight
-#: calibration; pass measured values through ``continuum_ratio``.
+#: calibration; pass measured values through ``continuum_ratio``. For data made by
+#: `aspiics.simulate` C = 1 is exact by construction: the scene's continuum ``B`` (MSB) is the
+#: same in every filter and each filter is calibrated with its own ``Aphot``.
 DEFAULT_CONTINUUM_RATIO = {"Fe XIV": 1.0, "He I": 1.0}
 
 #: Line calibration scale S (the reference's ``C_gr_G`` and ``C_D3_D3``, both 1.0): the result is
@@ -143,6 +145,15 @@ def line_emission(
     The reference processor computes ``(N − C_K W) / C_line`` with every coefficient at 1 and
     computes, but does not subtract, an Allen F-corona. The default coefficients here are the
     same (1.0); they are parameters so that in-flight calibrations can be applied.
+
+    Level-2 frames are not corrected for the IO vignetting by default: below ~1.2 R☉, where
+    the vignetting of the two filters (different IO centres) differs, correct it in both maps
+    first or the continuum does not cancel exactly there.
+
+    On simulated frames (`aspiics.simulate`, which adds the Fe XIV / He I line of
+    `aspiics.simulate.CoronaModel.line_brightness` to the narrowband scenes) the result
+    recovers the injected line within the propagated noise, with C = 1 exact (see
+    `DEFAULT_CONTINUUM_RATIO`).
     """
     nb_info = narrowband_map.filter
     if nb_info is None or nb_info.name not in LINE_PRODUCTS:

@@ -35,6 +35,7 @@ from astropy.nddata import StdDevUncertainty
 
 from aspiics.constants import filter_info
 from aspiics.exceptions import AspiicsUserWarning, CalibrationError, ProcessingError
+from aspiics.fcorona import _append_history, _set_stats
 
 __all__ = [
     "POLARIZER_NAMES",
@@ -788,24 +789,6 @@ def _align_reproject(m, data, sigma, angle, wcs_out, shape_out):  # pragma: no c
     return out.astype(np.float32), sig, angle + delta, delta
 
 
-def _stats(meta, data):
-    finite = data[np.isfinite(data)]
-    if finite.size:
-        meta["datamin"] = float(finite.min())
-        meta["datamax"] = float(finite.max())
-        meta["datamean"] = float(finite.mean())
-        meta["datamedn"] = float(np.median(finite))
-    else:
-        for key in ("datamin", "datamax", "datamean", "datamedn"):
-            meta.pop(key, None)
-
-
-def _add_history(meta, lines):
-    old = meta.get("history", "")
-    old = "\n".join(old) if isinstance(old, list | tuple) else str(old or "")
-    meta["history"] = "\n".join([x for x in [old, *lines] if x])
-
-
 def _product_meta(base, maps, prod_id, bunit, history):
     from sunpy.util import MetaDict
 
@@ -825,7 +808,7 @@ def _product_meta(base, maps, prod_id, bunit, history):
     meta["filter"] = "Polarizers 0, 60, 120"
     if parents:
         meta["parent"] = ", ".join(parents)
-    _add_history(meta, history)
+    _append_history(meta, history)
     return meta
 
 
@@ -972,7 +955,7 @@ def demodulate(
         meta = _product_meta(meta_out, maps, prod_id, bunit, history)
         if key == "angle":
             meta["comment"] = "Polarization angle in degrees from +x (solar west) counter-clockwise"
-        _stats(meta, data)
+        _set_stats(meta, data)
         unc = StdDevUncertainty(sigma) if have_sigma else None
         products[key] = cls(data, meta, mask=~np.isfinite(data), uncertainty=unc)
     return PolarizationProducts(

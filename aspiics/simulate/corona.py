@@ -12,12 +12,14 @@ from scipy.ndimage import gaussian_filter1d
 
 from aspiics.fcorona import koutchmy_f_corona
 
-__all__ = ["CoronaModel", "RenderedCorona", "helioprojective_geometry"]
+__all__ = ["LINE_FILTERS", "CoronaModel", "RenderedCorona", "helioprojective_geometry"]
 
 log = logging.getLogger(__name__)
 
 _RAY_SAMPLES = 3600  # 0.1° grid of the fine-ray pattern
 _BLOCK = 1 << 16  # elements per evaluation block
+#: FITS filter names whose passband holds a coronal emission line rendered by `CoronaModel.line_brightness`.
+LINE_FILTERS = ("Fe XIV", "He I")
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,25 @@ class CoronaModel:
         with one detector column.
     column_streamer_pa, column_streamer_offset, column_streamer_width, column_streamer_amplitude : float
         See ``column_streamer``.
+    lines : bool
+        Render the emission lines of the narrowband filters (`line_brightness`): Fe XIV
+        530.4 nm and He I D3 587.7 nm. False gives the continuum only in every filter (the
+        behaviour before the lines were added).
+    fe_xiv_amplitude : float
+        Fe XIV line brightness at 1.1 R☉ per unit of streamer enhancement, as a fraction of the
+        unstructured K-corona ``k_radial(1.1)``.
+    fe_xiv_index : float
+        Power-law index of the radial fall-off of the Fe XIV line (emission ∝ n_e²).
+    fe_xiv_quiet : float
+        Fe XIV emission of the quiet corona outside streamers, in units of a streamer enhancement.
+    he_i_amplitude : float
+        Peak He I D3 brightness of a prominence at 1.1 R☉, fraction of ``k_radial(1.1)``.
+    he_i_scale_height : float
+        Exponential scale height (R☉) of the He I D3 emission above 1.1 R☉.
+    n_prominences : int
+        Number of prominences (He I D3 sources) at random position angles.
+    prominence_width_deg : float
+        Gaussian sigma (deg of position angle) of a prominence.
 
     Notes
     -----
@@ -180,6 +201,18 @@ class CoronaModel:
     - The direction of polarization is tangential. For any gnomonic (TAN) WCS, great circles
       through Sun centre are straight lines through the Sun-centre pixel, so the tangential
       direction in the pixel frame is ``atan2(y - y_sun, x - x_sun) + 90°``.
+    - Emission lines (`line_brightness`, unpolarized, added by the simulator to the Fe XIV and
+      He I scenes only), in MSB of the narrowband filter:
+      ``L_Fe = a_Fe k_radial(1.1) (r / 1.1)^-n_Fe (q + S(r, PA))`` with ``S = Σ_i (A_i - 1)
+      exp(-ΔPA_i² / 2σ_i(r)²)`` the streamer enhancement of the K-corona: the green line is
+      concentrated in the streamers and falls off steeply (``n_Fe = 12``; ~1–4 % of the
+      continuum at 1.1 R☉ in a streamer, < 0.1 % at 2 R☉);
+      ``L_He = a_He k_radial(1.1) exp(-(r - 1.1) / h) Σ_j exp(-ΔPA_j² / 2w²)``: He I D3 from
+      a few prominences close to the limb. The random positions use their own random stream,
+      so the continuum of a given seed is the same with or without lines.
+    - The simulator's narrowband and wideband frames are calibrated in MSB of their own
+      passband, so the continuum (K + F) has the same value ``B`` in every filter: the
+      continuum ratio of `aspiics.lines.line_emission` is exactly 1 for simulated data.
     """
 
     seed: int = 0
@@ -197,8 +230,17 @@ class CoronaModel:
     column_streamer_offset: float = 0.0
     column_streamer_width: float = 2.0
     column_streamer_amplitude: float = 1.5
+    lines: bool = True
+    fe_xiv_amplitude: float = 0.03
+    fe_xiv_index: float = 12.0
+    fe_xiv_quiet: float = 0.15
+    he_i_amplitude: float = 0.03
+    he_i_scale_height: float = 0.06
+    n_prominences: int = 3
+    prominence_width_deg: float = 3.0
     _streamers: tuple = field(init=False, repr=False, compare=False)
     _rays: np.ndarray = field(init=False, repr=False, compare=False)
+    _prominences: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         rng = np.random.default_rng(np.random.SeedSequence([int(self.seed), 0xC020A]))
@@ -220,6 +262,9 @@ class CoronaModel:
         holes = 1.0 - self.hole_depth * np.exp(-0.5 * (d_pole / self.hole_width_deg) ** 2)
         pa_factor = holes * (1.0 + rays)
         object.__setattr__(self, "_rays", np.append(pa_factor, pa_factor[0]).astype(np.float32))
+        # prominences: their own stream, so that the continuum does not depend on the line settings
+        rng_lines = np.random.default_rng(np.random.SeedSequence([int(self.seed), 0x11E5]))
+        object.__setattr__(self, "_prominences", rng_lines.uniform(0.0, 360.0, int(self.n_prominences)))
 
     def replace(self, **changes):
         """Return a copy with some parameters changed (same seed → same random structure)."""
@@ -269,6 +314,81 @@ class CoronaModel:
                 acc += np.float32(amp - 1.0) * np.exp(d)
             m *= acc
         return m
+
+    def streamer_enhancement(self, r, position_angle_deg):
+        """
+        Relative brightness excess of the streamers, ``Σ_i (A_i - 1) exp(-ΔPA_i² / 2σ_i(r)²)``.
+
+        Zero far from every streamer; the K-corona structure factor is
+        ``holes × rays × (1 + streamer_enhancement)``.
+        """
+        r = np.maximum(np.asarray(r, dtype=np.float32), np.float32(1.0))
+        pa = np.asarray(position_angle_deg, dtype=np.float32)
+        inv_narrow = (r * np.float32(1.0 / 1.1)) ** np.float32(self.streamer_narrowing)
+        acc = np.zeros(np.broadcast_shapes(r.shape, pa.shape), dtype=np.float32)
+        for centre, amp, width in self._streamers:
+            d = pa - np.float32(centre)
+            d -= np.float32(360.0) * np.rint(d * np.float32(1.0 / 360.0))
+            d *= inv_narrow * np.float32(1.0 / width)
+            d *= d
+            d *= np.float32(-0.5)
+            acc += np.float32(amp - 1.0) * np.exp(d)
+        return acc
+
+    def line_brightness(self, r, position_angle, filter):
+        """
+        Emission-line brightness seen through a narrowband filter (MSB of that filter).
+
+        Parameters
+        ----------
+        r : array_like
+            Projected distance from Sun centre (R☉).
+        position_angle : array_like or `~astropy.units.Quantity`
+            Solar position angle (rad if a plain number).
+        filter : str
+            FITS filter name or code. 'Fe XIV' gives the green line, 'He I' the D3 line, any
+            other filter zeros.
+
+        Returns
+        -------
+        `numpy.ndarray`
+            float32, broadcast shape of the inputs; zeros when ``lines`` is False or the filter
+            has no line.
+
+        Notes
+        -----
+        See the class notes for the formulae. ``r`` is clipped to ≥ 1.
+        """
+        from aspiics.constants import filter_info
+
+        pa = (
+            position_angle.to_value(u.rad)
+            if isinstance(position_angle, u.Quantity)
+            else np.asarray(position_angle, dtype=np.float32)
+        )
+        r, pa = np.broadcast_arrays(np.asarray(r, dtype=np.float32), np.asarray(pa, dtype=np.float32))
+        name = filter_info(filter).name
+        if not self.lines or name not in LINE_FILTERS:
+            return np.zeros(r.shape, dtype=np.float32)
+        r = np.maximum(r, np.float32(1.0))
+        pa_deg = np.degrees(pa).astype(np.float32)
+        k0 = float(self.k_radial(1.1))
+        if name == "Fe XIV":
+            radial = np.float32(self.fe_xiv_amplitude * k0) * (r * np.float32(1.0 / 1.1)) ** np.float32(
+                -self.fe_xiv_index
+            )
+            return (radial * (np.float32(self.fe_xiv_quiet) + self.streamer_enhancement(r, pa_deg))).astype(
+                np.float32
+            )
+        radial = np.float32(self.he_i_amplitude * k0) * np.exp(
+            (np.float32(1.1) - r) * np.float32(1.0 / self.he_i_scale_height)
+        )
+        acc = np.zeros(r.shape, dtype=np.float32)
+        for centre in self._prominences:
+            d = pa_deg - np.float32(centre)
+            d -= np.float32(360.0) * np.rint(d * np.float32(1.0 / 360.0))
+            acc += np.exp(np.float32(-0.5) * (d * np.float32(1.0 / self.prominence_width_deg)) ** 2)
+        return (radial * acc).astype(np.float32)
 
     def column_streamer_brightness(self, rho_arcsec, pa_rad, rsun_arcsec):
         """Brightness (MSB) of the straight ``column_streamer`` at the given polar coordinates."""

@@ -215,8 +215,8 @@ class FrameTruth:
         the bad-pixel step is expected to replace). Saturated and beyond-table pixels are
         included with their true values.
     scene : `numpy.ndarray`
-        Brightness entering the instrument (MSB) before vignetting: ``B`` for Wideband, Fe XIV
-        and He I (continuum only), ``½ (B + pB cos 2(ψ − α))`` for a polarizer.
+        Brightness entering the instrument (MSB) before vignetting: ``B`` for Wideband,
+        ``B + line`` for Fe XIV and He I, ``½ (B + pB cos 2(ψ − α))`` for a polarizer.
     vignetting : `numpy.ndarray`
         IO vignetting of the filter (`aspiics.optics.vignetting` with the release's polar fit).
     B, pB : `numpy.ndarray`
@@ -257,6 +257,11 @@ class FrameTruth:
         Exposure time (s).
     aps_temp : float
         Detector temperature (°C).
+    line : `numpy.ndarray` or None
+        Emission-line brightness in the scene (MSB of the frame's filter, before vignetting,
+        `~aspiics.simulate.CoronaModel.line_brightness`): the Fe XIV or He I D3 line for those
+        filters, zeros for the others. ``line_emission`` of a perfect L2 pair recovers
+        ``line × vignetting``.
     """
 
     l2: np.ndarray
@@ -281,6 +286,7 @@ class FrameTruth:
     roll_deg: float
     exptime: float
     aps_temp: float
+    line: np.ndarray | None = None
 
 
 @dataclass
@@ -615,9 +621,11 @@ def simulate_acquisition(
     -----
     Per exposure of length ``t`` (all arrays float32):
 
-    1. ``I`` = scene brightness (MSB): ``B`` or, for a polarizer,
-       ``½ (B + pB cos 2(ψ − α))`` with ``ψ`` the angle map of that polarizer and ``α`` the
-       tangential direction (both in the detector frame).
+    1. ``I`` = scene brightness (MSB): ``B`` (Wideband), ``B + line`` (Fe XIV, He I: the emission
+       line of `~aspiics.simulate.CoronaModel.line_brightness`, off with
+       ``corona=CoronaModel(lines=False)``) or, for a polarizer, ``½ (B + pB cos 2(ψ − α))`` with
+       ``ψ`` the angle map of that polarizer and ``α`` the tangential direction (both in the
+       detector frame).
     2. ``DN_lin = I · Aphot · t · flat · vignetting + dark(T) · t + hot + banding``.
     3. Electrons ``DN_lin / gain`` get Poisson noise (the negative part, possible with banding,
        is kept noise-free); back to DN.
@@ -731,6 +739,9 @@ def simulate_acquisition(
         else:
             psi = None
             scene = rc.B
+        line = scene_model.line_brightness(rc.r, np.radians(rc.position_angle), info.name)
+        if not info.is_polarizer:
+            scene = scene + line
         scene = scene.astype(np.float32)
         l2 = scene * vign
         resp = (flat * np.float32(aphot * t)).astype(np.float32)  # DN per MSB
@@ -816,6 +827,7 @@ def simulate_acquisition(
             roll_deg=roll_k,
             exptime=t,
             aps_temp=temp,
+            line=line,
         )
         exposure_id = f"{acquisition_id}{k + 1}"
         filename = format_filename(info.code, 1, exposure_id, t_start)
