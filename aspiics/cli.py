@@ -227,28 +227,50 @@ def _groups_by(files, key):
     return groups, errors
 
 
+def _process_groups(groups, errors, work, *, desc, what):
+    """
+    Run ``work(key, members)`` (which returns written paths) on each group with a progress bar.
+
+    A group that fails is reported on one line and skipped; returns (written paths, failures).
+    """
+    for path, err in errors:
+        _error(f"{path}: {str(err).splitlines()[0]}")
+    failed = len(errors)
+    written = []
+    for key in _progress(sorted(groups), desc=desc, unit="set"):
+        try:
+            written.extend(work(key, groups[key]))
+        except (AspiicsError, OSError) as err:
+            failed += 1
+            _error(f"{what} {key}: {str(err).splitlines()[0]}")
+    return written, failed
+
+
+def _finish(written, failed):
+    """Print the written paths; exit status 1 if any set failed."""
+    for path in written:
+        _out(path)
+    if failed:
+        _error(f"{failed} set(s) failed")
+        return 1
+    return 0
+
+
 def _merge_sets(files, outdir, *, grid, blend, weighting, overwrite):
     """One composite per acquisition; returns (written paths, number of failed sets)."""
     from aspiics.composite import merge_exposures
     from aspiics.io import group_acquisitions
 
+    def work(acq_id, members):
+        (acq,) = group_acquisitions(members)
+        if not acq.complete:
+            log.warning("acquisition %s has %d exposure(s) of 3; merging what there is", acq_id, len(acq))
+        out_map = merge_exposures(list(acq.members), blend=blend, weighting=weighting, target=grid)
+        out = _l3_output(outdir, acq.filter.code, out_map, acq_id, overwrite)
+        return [out_map.save(out, overwrite=overwrite)]
+
     groups, errors = _groups_by(files, lambda f: f.acquisition_id)
-    for path, err in errors:
-        _error(f"{path}: {str(err).splitlines()[0]}")
-    failed = len(errors)
-    written = []
-    for acq_id in _progress(sorted(groups), desc="merge", unit="set"):
-        try:
-            (acq,) = group_acquisitions(groups[acq_id])
-            if not acq.complete:
-                log.warning("acquisition %s has %d exposure(s) of 3; merging what there is", acq_id, len(acq))
-            out_map = merge_exposures(list(acq.members), blend=blend, weighting=weighting, target=grid)
-            out = _l3_output(outdir, acq.filter.code, out_map, acq_id, overwrite)
-            written.append(out_map.save(out, overwrite=overwrite))
-        except (AspiicsError, OSError) as err:
-            failed += 1
-            _error(f"acquisition {acq_id}: {str(err).splitlines()[0]}")
-    return written, failed
+    return _process_groups(groups, errors, work, desc="merge", what="acquisition")
 
 
 def _cmd_merge(args):
@@ -256,70 +278,48 @@ def _cmd_merge(args):
     if not files:
         _error("no input files")
         return 1
-    written, failed = _merge_sets(
-        files,
-        args.outdir,
-        grid=args.grid,
-        blend=args.blend,
-        weighting=args.weighting,
-        overwrite=args.overwrite,
-    )
-    for path in written:
-        _out(path)
-    if failed:
-        _error(f"{failed} set(s) failed")
-        return 1
-    return 0
+    return _finish(
+        *_merge_sets(
+            files, args.outdir, grid=args.grid, blend=args.blend, weighting=args.weighting,
+            overwrite=args.overwrite,
+        )
+    )  # fmt: skip
 
 
 def _polarization_sets(files, outdir, calibration, *, force, overwrite, grid="sun"):
     """B, pB and angle per polarizer set (one cycle and sequence); returns (written, failed)."""
     from aspiics.calibration import open_calibration
     from aspiics.composite import merge_exposures
-    from aspiics.io import read_map
+    from aspiics.io import parse_filename, read_map
     from aspiics.polarization import demodulate
 
     cal = open_calibration(calibration)
-    if force:
-        groups, errors = _groups_by(files, lambda f: "all")
-    else:
-        groups, errors = _groups_by(files, lambda f: f.sequence_id)
-    for path, err in errors:
-        _error(f"{path}: {str(err).splitlines()[0]}")
-    failed = len(errors)
-    written = []
-    for key in _progress(sorted(groups), desc="polarization", unit="set"):
-        try:
-            by_filter, _ = _groups_by(groups[key], lambda f: f.code)
-            others = sorted(set(by_filter) - {"p1", "p2", "p3"})
-            if others:
-                raise AspiicsError(
-                    f"set {key}: non-polarizer frames ({', '.join(others)}) in a polarizer set"
-                )
-            maps = []
-            for code in sorted(by_filter):
-                paths = by_filter[code]
-                acquisitions, _ = _groups_by(paths, lambda f: f.acquisition_id)
-                if len(acquisitions) > 1:
-                    raise AspiicsError(
-                        f"set {key}: {code} frames of {len(acquisitions)} acquisitions; give one each"
-                    )
-                if len(paths) > 1:  # several exposures: HDR composite first
-                    maps.append(merge_exposures([read_map(p) for p in paths], target=grid))
-                else:
-                    maps.append(read_map(paths[0]))
-            products = demodulate(maps, cal)
-            ident = (
-                key if key != "all" else _groups_by(groups[key][:1], lambda f: f.sequence_id)[0].popitem()[0]
-            )
-            for code, name in (("bt", "B"), ("pb", "pB"), ("pa", "angle")):
-                product = products[name]
-                out = _l3_output(outdir, code, product, ident, overwrite)
-                written.append(product.save(out, overwrite=overwrite))
-        except (AspiicsError, OSError) as err:
-            failed += 1
-            _error(f"polarizer set {key}: {str(err).splitlines()[0]}")
-    return written, failed
+
+    def work(key, members):
+        by_filter, _ = _groups_by(members, lambda f: f.code)
+        others = sorted(set(by_filter) - {"p1", "p2", "p3"})
+        if others:
+            raise AspiicsError(f"non-polarizer frames ({', '.join(others)}) in a polarizer set")
+        maps = []
+        for code in sorted(by_filter):
+            paths = by_filter[code]
+            acquisitions, _ = _groups_by(paths, lambda f: f.acquisition_id)
+            if len(acquisitions) > 1:
+                raise AspiicsError(f"{code} frames of {len(acquisitions)} acquisitions; give one each")
+            if len(paths) > 1:  # several exposures: HDR composite first
+                maps.append(merge_exposures([read_map(p) for p in paths], target=grid))
+            else:
+                maps.append(read_map(paths[0]))
+        products = demodulate(maps, cal)
+        ident = parse_filename(members[0]).sequence_id
+        written = []
+        for code, name in (("bt", "B"), ("pb", "pB"), ("pa", "angle")):
+            out = _l3_output(outdir, code, products[name], ident, overwrite)
+            written.append(products[name].save(out, overwrite=overwrite))
+        return written
+
+    groups, errors = _groups_by(files, (lambda f: "all") if force else (lambda f: f.sequence_id))
+    return _process_groups(groups, errors, work, desc="polarization", what="polarizer set")
 
 
 def _cmd_polarization(args):
@@ -327,15 +327,9 @@ def _cmd_polarization(args):
     if not files:
         _error("no input files")
         return 1
-    written, failed = _polarization_sets(
-        files, args.outdir, args.calibration, force=args.force, overwrite=args.overwrite
+    return _finish(
+        *_polarization_sets(files, args.outdir, args.calibration, force=args.force, overwrite=args.overwrite)
     )
-    for path in written:
-        _out(path)
-    if failed:
-        _error(f"{failed} set(s) failed")
-        return 1
-    return 0
 
 
 def _product_identifier(m):
