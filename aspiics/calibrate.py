@@ -355,7 +355,7 @@ def to_msb(data, variance, aphot, gain, exptime):
     return out, var
 
 
-def apply_banding(data, func, *, flags=None, variance=None, exposure_time=None, **kwargs):
+def apply_banding(data, func, *, flags=None, variance=None, exposure_time=None, center=None, **kwargs):
     """
     Run a banding correction on an MSB image (SPEC §5.7, §6).
 
@@ -373,6 +373,9 @@ def apply_banding(data, func, *, flags=None, variance=None, exposure_time=None, 
         Pixel variance, passed on when ``func`` takes a ``variance`` argument.
     exposure_time : float, optional
         Exposure time (s), passed on when ``func`` takes an ``exposure_time`` argument.
+    center : tuple of float, optional
+        ``(x, y)`` 0-based pixel of the internal-occulter centre (≈ Sun centre), passed on when
+        ``func`` takes a ``center`` argument.
     **kwargs
         Passed to ``func``.
 
@@ -396,6 +399,8 @@ def apply_banding(data, func, *, flags=None, variance=None, exposure_time=None, 
         kwargs["variance"] = variance
     if exposure_time is not None and "exposure_time" in accepted:
         kwargs["exposure_time"] = exposure_time
+    if center is not None and "center" in accepted:
+        kwargs.setdefault("center", center)
     result = func(data, mask=mask, **kwargs)
     if isinstance(result, tuple):
         corrected, pattern = result
@@ -957,8 +962,9 @@ def _do_banding(st, ctx):
         from aspiics.banding import correct_banding_step as func
     kwargs = dict(ctx.options["banding_options"] or {})
     st.data, pattern, pattern_variance, description = apply_banding(
-        st.data, func, flags=st.flags, variance=st.variance, exposure_time=ctx.exptime, **kwargs
-    )
+        st.data, func, flags=st.flags, variance=st.variance, exposure_time=ctx.exptime,
+        center=ctx.calibration.io_center(ctx.filter), **kwargs,
+    )  # fmt: skip
     st.notes["banding_pattern"] = pattern
     if pattern_variance is not None and st.variance is not None:
         # The estimate's own error adds to the pixel variance.
