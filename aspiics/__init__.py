@@ -25,14 +25,36 @@ log.addHandler(logging.NullHandler())
 from aspiics import visualization  # noqa: E402, F401  (registers the colormaps)
 from aspiics.calibrate import calibrate_map, to_physical_units  # noqa: E402
 from aspiics.calibration import CalibrationArchive, CalibrationSet, open_calibration  # noqa: E402
-from aspiics.composite import ExposureStack, align, merge_exposures, sun_centered_wcs  # noqa: E402
-from aspiics.fcorona import f_corona_model, subtract_f_corona  # noqa: E402
 from aspiics.io import read_map, write_map  # noqa: E402
-from aspiics.lines import line_emission  # noqa: E402
 from aspiics.map import ASPIICSMap  # noqa: E402
-from aspiics.polarization import demodulate  # noqa: E402
-from aspiics.resample import reproject_affine  # noqa: E402
 from aspiics.units import MSB  # noqa: E402
+
+# Level-3 tools pull in reproject, ndcube and gwcs: imported on first use (PEP 562), so that
+# level-2 work does not pay for them in start-up time and memory.
+_LAZY = {
+    "ExposureStack": "aspiics.composite",
+    "align": "aspiics.composite",
+    "merge_exposures": "aspiics.composite",
+    "sun_centered_wcs": "aspiics.composite",
+    "demodulate": "aspiics.polarization",
+    "f_corona_model": "aspiics.fcorona",
+    "subtract_f_corona": "aspiics.fcorona",
+    "line_emission": "aspiics.lines",
+    "reproject_affine": "aspiics.resample",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'aspiics' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "MSB",

@@ -438,7 +438,7 @@ _DR = np.array([-1, -1, -1, 0, 0, 0, 1, 1, 1])
 _DC = np.array([-1, 0, 1, -1, 0, 1, -1, 0, 1])
 
 
-def _outlier_candidates(ref, var, k, strip=128):
+def _outlier_candidates(ref, var, k, strip=128, isolated=False):
     """Flat indices where ``x − min₃ₓ₃ > kσ`` or ``max₃ₓ₃ − x > kσ``, in strips of rows."""
     ny, nx = ref.shape
     found = []
@@ -454,8 +454,13 @@ def _outlier_candidates(ref, var, k, strip=128):
         with np.errstate(invalid="ignore"):
             diff = x - lo[inner]
             cand = diff > ks
+            if isolated:  # an isolated outlier is the maximum (or minimum) of its window
+                cand &= x >= hi[inner]
             np.subtract(hi[inner], x, out=diff)
-            cand |= diff > ks
+            low = diff > ks
+            if isolated:
+                low &= x <= lo[inner]
+            cand |= low
         found.append(np.flatnonzero(cand) + r0 * nx)
     return np.concatenate(found) if found else np.empty(0, dtype=np.intp)
 
@@ -580,7 +585,7 @@ def replace_bad_pixels(
 
     thresholds = [float(k) for k in thresholds]
     if thresholds:
-        base = _outlier_candidates(ref, var, min(thresholds))
+        base = _outlier_candidates(ref, var, min(thresholds), isolated=isolated)
         for k in thresholds:
             if replaced_idx:
                 prev = np.concatenate(replaced_idx)
@@ -682,17 +687,49 @@ def valid_statistics(data, valid=None):
     dict
         The four keywords (NaN if no pixel is valid).
     """
+    data = np.asarray(data)
     if valid is None:
         valid = np.isfinite(data)
-    values = data[valid]
-    if values.size == 0:
+    n = int(np.count_nonzero(valid))
+    if n == 0:
         return dict.fromkeys(("DATAMIN", "DATAMAX", "DATAMEAN", "DATAMEDN"), float("nan"))
     return {
-        "DATAMIN": float(values.min()),
-        "DATAMAX": float(values.max()),
-        "DATAMEAN": float(values.mean(dtype=np.float64)),
-        "DATAMEDN": _median_inplace(values),
+        "DATAMIN": float(np.min(data, where=valid, initial=np.inf)),
+        "DATAMAX": float(np.max(data, where=valid, initial=-np.inf)),
+        "DATAMEAN": float(np.sum(data, where=valid, dtype=np.float64) / n),
+        "DATAMEDN": _valid_median(data, valid, n),
     }
+
+
+def _valid_median(data, valid, n):
+    """
+    Exact median of ``data[valid]`` without copying all the valid values.
+
+    The median is bracketed with quantiles of a 1-in-16 subsample; only the values inside the
+    bracket are gathered and partitioned. If the bracket misses (very unlikely), all valid values
+    are copied instead.
+    """
+    sample = data[::4, ::4][valid[::4, ::4]] if data.ndim == 2 else None
+    if sample is None or n < 200_000 or sample.size < 10_000:
+        return _median_inplace(data[valid])
+    margin = 6.0 * 0.5 / np.sqrt(sample.size) + 1e-3  # six binomial sigmas of the sample median
+    lo, hi = np.quantile(sample, [max(0.5 - margin, 0.0), min(0.5 + margin, 1.0)])
+    below = 0
+    parts = []
+    for rows in _strips(data.shape[0]):  # strips keep the temporaries small
+        d, v = data[rows], valid[rows]
+        below += int(np.count_nonzero(v & (d < lo)))
+        parts.append(d[v & (d >= lo) & (d <= hi)])
+    inside = np.concatenate(parts)
+    k = n // 2  # the upper median's order statistic; the lower one is k - 1 for even n
+    if not (below <= k - 1 and below + inside.size > k):
+        return _median_inplace(data[valid])
+    j = k - below
+    inside.partition(j)
+    upper = float(inside[j])
+    if n % 2:
+        return upper
+    return 0.5 * (upper + float(inside[:j].max()))
 
 
 def _median_inplace(values):
@@ -1079,7 +1116,7 @@ def _intermediate_map(m, ctx, st, assumed, forced_filter):
     if np.issubdtype(np.asarray(data).dtype, np.floating):
         data = np.asarray(data, dtype=np.float32)
         data[(st.flags & FLAG_MISSING) != 0] = np.nan
-    unc = None if st.variance is None else VarianceUncertainty(st.variance)
+    unc = None if st.variance is None else VarianceUncertainty(st.variance, copy=False)
     return type(m)(data, meta, uncertainty=unc, mask=mask)
 
 
@@ -1101,12 +1138,15 @@ def _final_map(m, ctx, st, assumed, forced_filter):
     meta = _new_meta(m, ctx, st, assumed, forced_filter)
     data = finalize(st.data, st.flags)
     valid = np.isfinite(data)
-    valid &= (st.flags & _INVALID) == 0
+    for rows in _strips(data.shape[0]):
+        valid[rows] &= (st.flags[rows] & _INVALID) == 0
+    st.flags = None  # not needed any more: free it before the output map is built
     if st.variance is not None:
         sigma = np.sqrt(st.variance, out=st.variance)  # the variance is not needed any more
         st.variance = None
-        np.copyto(sigma, np.float32(np.nan), where=~valid)
-        unc = StdDevUncertainty(sigma)
+        for rows in _strips(sigma.shape[0]):
+            np.copyto(sigma[rows], np.float32(np.nan), where=~valid[rows])
+        unc = StdDevUncertainty(sigma, copy=False)
     else:
         unc = None
     stats = valid_statistics(data, valid)
@@ -1414,7 +1454,7 @@ def to_physical_units(data, unit, *, filter=None, calibration=None):
         unc = None
         if m.uncertainty is not None:
             sig = m.uncertainty.represent_as(StdDevUncertainty).array
-            unc = StdDevUncertainty(np.asarray(sig, dtype=np.float32) * value)
+            unc = StdDevUncertainty(np.asarray(sig, dtype=np.float32) * value, copy=False)
         return type(m)(np.asarray(m.data, dtype=np.float32) * value, meta, uncertainty=unc, mask=m.mask)
     if filter is None:
         raise HeaderError("to_physical_units on an array needs filter=...")

@@ -91,7 +91,11 @@ def _read_fits(path):
             header = hdul[0].header.copy()
             if data is None:
                 raise ValueError("HDU 0 holds no data")
-            data = np.array(data)
+            if data.dtype.byteorder not in ("=", "|") and data.dtype.kind == "f":
+                # FITS is big-endian: swap the bytes in place instead of keeping two copies.
+                data = data.byteswap(inplace=True).view(data.dtype.newbyteorder("="))
+            else:
+                data = np.array(data)
     except CalibrationError:
         raise
     except Exception as exc:  # astropy raises OSError, ValueError, TypeError... on corrupt files

@@ -686,5 +686,5 @@ def read_map(path):
         names = table.columns.names
         sigma = np.array(table["UNCERTAINTY"][0], dtype=np.float32) if "UNCERTAINTY" in names else None
         mask = np.array(table["MASK"][0], dtype=bool) if "MASK" in names else m.mask
-    uncertainty = None if sigma is None else StdDevUncertainty(sigma)
+    uncertainty = None if sigma is None else StdDevUncertainty(sigma, copy=False)
     return ASPIICSMap(m.data, m.meta, uncertainty=uncertainty, mask=mask)

@@ -229,7 +229,7 @@ def line_emission(
         sig = np.sqrt(np.square(nb_sigma.astype(np.float64)) + (c * wb_sigma.astype(np.float64)) ** 2) / abs(
             s
         )
-        unc = StdDevUncertainty(sig.astype(np.float32))
+        unc = StdDevUncertainty(sig.astype(np.float32), copy=False)
 
     from sunpy.util import MetaDict
 

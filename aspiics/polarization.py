@@ -956,7 +956,7 @@ def demodulate(
         if key == "angle":
             meta["comment"] = "Polarization angle in degrees from +x (solar west) counter-clockwise"
         _set_stats(meta, data)
-        unc = StdDevUncertainty(sigma) if have_sigma else None
+        unc = StdDevUncertainty(sigma, copy=False) if have_sigma else None
         products[key] = cls(data, meta, mask=~np.isfinite(data), uncertainty=unc)
     return PolarizationProducts(
         B=products["B"], pB=products["pB"], angle=products["angle"], Q=res.Q, U=res.U, arrays=res

@@ -85,7 +85,7 @@ def get_cmap(code):
     return mpl.colormaps[CMAP_NAMES[code]]
 
 
-def coronal_norm(data, *, low=1.0, high=99.7, stretch="log", sample=4):
+def coronal_norm(data, *, low=1.0, high=99.7, stretch="log", sample=8):
     """
     A display normalisation for coronal brightness.
 
@@ -108,7 +108,7 @@ def coronal_norm(data, *, low=1.0, high=99.7, stretch="log", sample=4):
     -------
     `astropy.visualization.ImageNormalize`
     """
-    values = np.asarray(data)[::sample, ::sample].astype(np.float64, copy=False)
+    values = np.asarray(data)[::sample, ::sample].astype(np.float32)
     values = values[np.isfinite(values) & (values > 0)]
     if values.size == 0:
         vmin, vmax = 0.0, 1.0

@@ -571,3 +571,22 @@ def test_isolated_rule_keeps_narrow_structure():
     assert n == 1
     ref, *_ = replace_bad_pixels(data, var, thresholds=(15.0,), isolated=False)
     assert (ref[:, 10] != 400.0).all()  # the reference rule erases the ray
+
+
+@pytest.mark.parametrize("shape", [(1024, 1024), (1023, 1001), (40, 30)])
+def test_valid_statistics_exact_without_copy(shape):
+    """DATA* keywords equal NumPy's on the valid values (odd and even counts, large and small)."""
+    from aspiics.calibrate import valid_statistics
+
+    rng = np.random.default_rng(shape[0])
+    data = rng.lognormal(size=shape).astype(np.float32)
+    valid = rng.random(shape) > 0.3
+    data[~valid] = np.nan
+    data[0, 0] = np.inf
+    valid[0, 0] = False
+    values = data[valid].astype(np.float64)
+    stats = valid_statistics(data, valid)
+    assert stats["DATAMIN"] == values.min()
+    assert stats["DATAMAX"] == values.max()
+    assert stats["DATAMEAN"] == pytest.approx(values.mean(), rel=1e-9)
+    assert stats["DATAMEDN"] == pytest.approx(np.median(values), rel=1e-12)
