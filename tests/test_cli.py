@@ -263,3 +263,21 @@ def test_fcorona_and_line_commands(l2_sets, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("aspiics: error:")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_polarization_mixed_cycles_need_force(l2_sets, tmp_path, capsys):
+    """Polarizers from different cycles are not combined unless --force is given."""
+    import shutil
+
+    root, cal = l2_sets
+    pol = sorted((root / "l2").glob("aspiics_p*_l2_*.fits"))
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for k, path in enumerate(pol):
+        name = path.name if k else path.name.replace(path.name[14:22], "ABCDEF01")  # another cycle
+        shutil.copy(path, mixed / name)
+    args = ["polarization", str(mixed), "--calibration", str(cal)]
+    assert main([*args, "--outdir", str(tmp_path / "a")]) == 1
+    assert "polarizer set" in capsys.readouterr().err
+    assert main([*args, "--outdir", str(tmp_path / "b"), "--force"]) == 0
+    assert sorted(p.name.split("_")[1] for p in (tmp_path / "b").glob("*.fits")) == ["bt", "pa", "pb"]
