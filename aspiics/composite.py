@@ -574,6 +574,8 @@ class ExposureStack(NDCube):
         """The 1σ uncertainty array (n_exp, ny, nx), None without uncertainty."""
         if self.uncertainty is None:
             return None
+        if isinstance(self.uncertainty, StdDevUncertainty):
+            return np.asarray(self.uncertainty.array)
         return np.asarray(self.uncertainty.represent_as(StdDevUncertainty).array)
 
     @property

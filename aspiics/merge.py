@@ -97,15 +97,23 @@ def bounded_distance(mask, max_distance, *, tile=256):
 
 def _drop_islands(fill, where_droppable, island_size):
     """Remove 4-connected components of ``fill`` with <= island_size pixels, only where droppable."""
-    if island_size <= 0 or not fill.any():
+    if island_size <= 0:
         return fill
-    labels, n = ndimage.label(fill, structure=_FOUR_CONNECTED)
-    if n == 0:
+    rows = np.flatnonzero(fill.any(axis=1))
+    if rows.size == 0:
         return fill
-    sizes = np.bincount(labels.ravel())
+    cols = np.flatnonzero(fill.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # components lie inside
+    labels, n = ndimage.label(fill[box], structure=_FOUR_CONNECTED)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
     small = sizes <= island_size
     small[0] = False
-    return fill & ~(small[labels] & where_droppable)
+    if not small.any():
+        return fill
+    drop = np.take(small, labels) & where_droppable[box]
+    out = fill.copy()
+    out[box] &= ~drop
+    return out
 
 
 def _validate(data, sigma, exptime, mask):
