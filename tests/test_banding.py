@@ -199,18 +199,6 @@ def test_banding_reduced(banded):
     assert np.std(np.diff(left[:, ok])) < 0.35 * np.std(np.diff(inj[:, ok]))
 
 
-@pytest.mark.xfail(
-    reason="measured slope 0.20 at 512x512 (block=4) and 0.09 at 2048x2048 (block=8): the high-pass of "
-    "width `block` leaves the part of a white column pattern that is smooth over `block` columns "
-    "(~1/block); wider blocks leave less but take coronal structure for banding (2048x2048, block=32: "
-    "slope still 0.09, null RMS 0.24 sigma, per-column null ratio 5.5)",
-    strict=False,
-)
-def test_banding_slope_target(banded):
-    f, res = banded
-    assert banding_slope(f, res.corrected) <= 0.02
-
-
 def test_null_per_column_noise(null):
     f, res = null
     valid = np.isfinite(f.truth)
@@ -255,16 +243,48 @@ def null2048():
     return f, correct_banding(f.data, variance=np.ones_like(f.data))
 
 
-def test_null_2048(null2048):
-    """Null test at the detector size with the default parameters (block=8)."""
+@pytest.fixture(scope="module")
+def banded2048():
+    f = make_frame(2048, seed=3)
+    return f, correct_banding(f.data, variance=np.ones_like(f.data), polar=True)
+
+
+@pytest.mark.xfail(
+    reason="with the defaults (stage 1 only) the slope is 0.20 at 512x512 (block=4) and 0.09 at 2048x2048 "
+    "(block=8): the high-pass of width `block` leaves the part of a white column pattern that is smooth "
+    "over `block` columns. The polar stage 2 meets it (test_banding_slope_target_polar: 0.002 at 2048) "
+    "but is off by default: it over-corrects the aspiics.simulate 2048 frame (slope 0.13 -> -0.10)",
+    strict=False,
+)
+def test_banding_slope_target(banded):
+    f, res = banded
+    assert banding_slope(f, res.corrected) <= 0.02
+
+
+def test_banding_slope_target_polar(banded2048):
+    """Slope target (≤ 0.02) at the detector size with the polar stage 2 (``polar=True``)."""
+    f, res = banded2048
+    assert res.params["polar"] is True
+    assert banding_slope(f, res.corrected) <= 0.02  # measured 0.002 (stage 1 alone: 0.090)
+    assert abs(structure_corr(f, res.pattern)) <= 0.05  # measured 0.000
+    assert streamer_contrast(res.corrected, f) >= 0.98 * streamer_contrast(f.truth, f)  # measured 0.988
+
+
+@pytest.mark.parametrize("polar", [False, True])
+def test_null_2048(null2048, polar):
+    """Null test at the detector size (block=8), stage 1 alone (default) and with the polar stage."""
     f, res = null2048
+    if polar:
+        res = correct_banding(f.data, variance=np.ones_like(f.data), polar=True)
+    assert res.params["polar"] is polar
     valid = np.isfinite(f.truth)
     rms = np.sqrt(np.mean(res.pattern[valid] ** 2))
     assert _unbiased_floor(f) < 0.05 * SIGMA  # measured 0.041
-    assert rms <= 0.1 * SIGMA  # measured 0.057
+    assert rms <= 0.1 * SIGMA  # measured 0.057 (polar: 0.061)
     cm, cnt = column_medians(res.pattern, valid)
     ok = cnt > 0
-    assert np.sqrt(np.mean((cm[ok] / (1.25 * SIGMA / np.sqrt(cnt[ok]))) ** 2)) <= 2.0  # measured 1.13
+    ratio = np.sqrt(np.mean((cm[ok] / (1.25 * SIGMA / np.sqrt(cnt[ok]))) ** 2))
+    assert ratio <= 2.0  # measured 1.13 (polar: 1.24)
     assert abs(structure_corr(f, res.pattern)) <= 0.05
     assert streamer_contrast(res.corrected, f) >= 0.98 * streamer_contrast(f.truth, f)
 
@@ -274,6 +294,31 @@ def test_structure_not_removed(which, request):
     f, res = request.getfixturevalue(which)
     assert abs(structure_corr(f, res.pattern)) <= 0.05
     assert streamer_contrast(res.corrected, f) >= 0.98 * streamer_contrast(f.truth, f)
+
+
+def test_polar_stage_at_512(banded, caplog):
+    """The polar stage (off by default; "auto" = on from 1024 px) also works on the 512x512 scene."""
+    f, res1 = banded
+    assert res1.params["polar"] is False
+    n = f.data.shape[0]
+    res = correct_banding(f.data, variance=np.ones_like(f.data), polar=True, **P512)
+    given = correct_banding(
+        f.data, variance=np.ones_like(f.data), polar=True, center=(n / 2 - 4.6, n / 2 + 3.3), **P512
+    )
+    # the centre estimated from the occulter (NaN disc) is the true one to a fraction of a pixel
+    cx, cy = res.params["center"]
+    assert abs(cx - (n / 2 - 4.6)) < 1
+    assert abs(cy - (n / 2 + 3.3)) < 1
+    d = res.column_offset - given.column_offset
+    assert np.sqrt(np.mean(d**2)) < 0.02  # measured 0.010
+    assert banding_slope(f, res.corrected) < 0.5 * banding_slope(f, res1.corrected)  # 0.087 vs 0.20
+    assert abs(structure_corr(f, res.pattern)) <= 0.05
+    assert streamer_contrast(res.corrected, f) >= 0.98 * streamer_contrast(f.truth, f)
+    # no occulter and no centre: the stage is skipped, with a log message
+    with caplog.at_level("INFO", logger="aspiics.banding"):
+        plain = correct_banding(np.nan_to_num(f.data, nan=0.0, posinf=0.0), polar=True, **P512)
+    assert plain.params["polar"] is False
+    assert "polar stage skipped" in caplog.text
 
 
 def test_estimated_variance_path():
