@@ -39,7 +39,7 @@ from scipy import ndimage
 from aspiics.calibrate import valid_statistics
 from aspiics.exceptions import AspiicsUserWarning, FilenameError, HeaderError, ProcessingError
 from aspiics.merge import merge_arrays
-from aspiics.resample import find_pixel_mapping, frames_match, reproject_affine
+from aspiics.resample import _ORDER_NAMES, find_pixel_mapping, frames_match, reproject_affine
 
 __all__ = [
     "Composite",
@@ -53,7 +53,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_ORDERS = {"nearest-neighbor": 0, "bilinear": 1, "biquadratic": 2, "bicubic": 3}
 #: Prefix of the HISTORY lines written by this module.
 _HISTORY_PREFIX = "aspiics L3"
 #: Each exposure's frame must cover at least this fraction of the longest exposure's frame.
@@ -507,7 +506,7 @@ def reproject_map(m, target="sun", *, shape_out=None, order=3, **kwargs):
     label = _label(m)
     _check_wcs_keys(m, label)
     w, shape, description = _resolve_target(m, target, shape_out)
-    order = _ORDERS.get(order, order)
+    order = _ORDER_NAMES.get(order, order)
     data, sigma, method = _reproject_arrays(m, w, shape, order, label, **kwargs)
     return _finish_map(m, data, sigma, w, shape, description, order, method)
 
@@ -779,7 +778,7 @@ def align(maps, target="sun", *, shape_out=None, order=3, **kwargs):
     labels = [_label(m, i) for i, m in enumerate(maps)]
     _check_overlap(maps, labels)
     w, shape, description = _resolve_target(longest, target, shape_out)
-    order = _ORDERS.get(order, order)
+    order = _ORDER_NAMES.get(order, order)
     n = len(maps)
     data = np.empty((n, *shape), dtype=np.float32)
     with_sigma = all(m.uncertainty is not None for m in maps)

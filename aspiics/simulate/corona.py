@@ -303,16 +303,7 @@ class CoronaModel:
         f = x - i
         m = self._rays[i] * (np.float32(1.0) - f) + self._rays[i + 1] * f
         if self.n_streamers:
-            inv_narrow = (r * np.float32(1.0 / 1.1)) ** np.float32(self.streamer_narrowing)
-            acc = np.ones_like(m)
-            for centre, amp, width in self._streamers:
-                d = pa - np.float32(centre)
-                d -= np.float32(360.0) * np.rint(d * np.float32(1.0 / 360.0))
-                d *= inv_narrow * np.float32(1.0 / width)
-                d *= d
-                d *= np.float32(-0.5)
-                acc += np.float32(amp - 1.0) * np.exp(d)
-            m *= acc
+            m *= np.float32(1.0) + self.streamer_enhancement(r, pa)
         return m
 
     def streamer_enhancement(self, r, position_angle_deg):
