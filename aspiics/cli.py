@@ -152,26 +152,68 @@ def _run_batch(files, work, *, desc):
 # l2
 
 
-def _l2_worker(calibration, outdir, *, overwrite, options):
+def _calibrate_one(path, calibration, outdir, overwrite, options):
+    """Calibrate one L1 file to an L2 file; return the output path (top level: picklable for Dask)."""
     from aspiics.io import parse_filename, read_map
 
-    def work(path):
-        m = read_map(path)
-        if m.processing_level != 1:
-            raise AspiicsError(
-                f"{path}: LEVEL is {m.meta.get('level')!r}, not L1; only L1 frames are calibrated"
-            )
-        out = Path(outdir) / parse_filename(path).replace(level=2).name
-        if out.exists() and not overwrite:
-            raise AspiicsError(f"{out} exists already; pass --overwrite to replace it")
-        l2 = m.calibrate(calibration, **options)
-        l2.save(out, overwrite=overwrite)
-        yield out
-
-    return work
+    m = read_map(path)
+    if m.processing_level != 1:
+        raise AspiicsError(f"{path}: LEVEL is {m.meta.get('level')!r}, not L1; only L1 frames are calibrated")
+    out = Path(outdir) / parse_filename(path).replace(level=2).name
+    if out.exists() and not overwrite:
+        raise AspiicsError(f"{out} exists already; pass --overwrite to replace it")
+    l2 = m.calibrate(calibration, **options)
+    return l2.save(out, overwrite=overwrite)
 
 
-def _calibrate_files(files, calibration, outdir, *, overwrite, banding=True, template=None):
+def _run_on_dask(files, calibration, outdir, overwrite, options, workers):
+    """
+    Calibrate files on a local Dask cluster of ``workers`` processes.
+
+    The calibration set is loaded once here and broadcast to the workers, so each worker holds one
+    copy of the calibration arrays. Failures are reported one line each, like the serial path.
+    """
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise AspiicsError(
+            "--workers needs Dask: pip install 'aspiics[dask]' (or run without --workers)"
+        ) from None
+    if hasattr(calibration, "preload"):  # a CalibrationSet: load what these frames need, once
+        from aspiics.io import parse_filename
+
+        filters = set()
+        for path in files:
+            try:
+                info = parse_filename(path).filter
+            except AspiicsError:
+                info = None
+            if info is not None:
+                filters.add(info.name)
+        calibration.preload(sorted(filters) or None)
+    failed = 0
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, Client(cluster) as client:
+        cal = client.scatter(calibration, broadcast=True)
+        futures = {
+            client.submit(_calibrate_one, path, cal, outdir, overwrite, options, pure=False): path
+            for path in files
+        }
+        for future in _progress(as_completed(futures), total=len(futures), desc="L2", unit="file"):
+            try:
+                _out(future.result())
+            except (AspiicsError, OSError) as err:
+                failed += 1
+                message = str(err).splitlines()[0]
+                path = futures[future]
+                _error(message if str(path) in message else f"{path}: {message}")
+    if failed:
+        _error(f"{failed} of {len(files)} inputs failed")
+        return 1
+    return 0
+
+
+def _calibrate_files(files, calibration, outdir, *, overwrite, banding=True, template=None, workers=1):
     from aspiics.calibration import open_calibration
 
     cal = open_calibration(calibration)
@@ -180,7 +222,13 @@ def _calibrate_files(files, calibration, outdir, *, overwrite, banding=True, tem
         from aspiics.banding import BandingTemplate
 
         options["banding_options"] = {"template": BandingTemplate.load(template)}
-    return _run_batch(files, _l2_worker(cal, outdir, overwrite=overwrite, options=options), desc="L2")
+    if workers > 1:
+        return _run_on_dask(files, cal, outdir, overwrite, options, workers)
+
+    def work(path):
+        yield _calibrate_one(path, cal, outdir, overwrite, options)
+
+    return _run_batch(files, work, desc="L2")
 
 
 def _cmd_l2(args):
@@ -195,6 +243,7 @@ def _cmd_l2(args):
         overwrite=args.overwrite,
         banding=not args.no_banding,
         template=args.banding_template,
+        workers=args.workers,
     )
 
 
@@ -605,6 +654,13 @@ def _build_parser():
         metavar="FILE",
         default=None,
         help="static column-banding template (aspiics.banding.BandingTemplate FITS) to correct with",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="calibrate on N local Dask worker processes (needs the 'dask' extra; default 1: serial)",
     )
     p.set_defaults(func=_cmd_l2)
 

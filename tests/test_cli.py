@@ -281,3 +281,26 @@ def test_polarization_mixed_cycles_need_force(l2_sets, tmp_path, capsys):
     assert "polarizer set" in capsys.readouterr().err
     assert main([*args, "--outdir", str(tmp_path / "b"), "--force"]) == 0
     assert sorted(p.name.split("_")[1] for p in (tmp_path / "b").glob("*.fits")) == ["bt", "pa", "pb"]
+
+
+def test_l2_on_dask_workers(tmp_path, capsys):
+    """--workers runs the same calibration on a local Dask cluster, failures reported per file."""
+    pytest.importorskip("dask.distributed")
+    sim = tmp_path / "sim"
+    assert main(["simulate", str(sim), "--size", "128", "--exposures", "0.1", "1"]) == 0
+    capsys.readouterr()
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    common = ["--calibration", str(sim / "calibration"), "--no-banding"]
+    assert main(["l2", str(sim), *common, "--outdir", str(serial)]) == 0
+    broken = sim / "aspiics_wb_l1_0000000000001A_20250812T181424.fits"
+    broken.write_text("broken")
+    status = main(["l2", str(sim), *common, "--outdir", str(parallel), "--workers", "2"])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert broken.name in captured.err
+    from aspiics import ASPIICSMap
+
+    for path in sorted(serial.glob("*.fits")):
+        a, b = ASPIICSMap.read(path), ASPIICSMap.read(parallel / path.name)
+        np.testing.assert_array_equal(a.data, b.data)
+        np.testing.assert_array_equal(a.sigma, b.sigma)
