@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 #: Keywords shown by ``aspiics info``: (column title, header keyword, width).
 _INFO_COLUMNS = (
     ("LEVEL", "LEVEL", 5),
-    ("FILTER", "FILTER", 13),
+    ("FILTER", "FILTER", 21),
+    ("PRODUCT", "PROD_ID", 20),
     ("EXPTIME", "EXPTIME", 9),
     ("DATE-OBS", "DATE-OBS", 23),
     ("APS_TEMP", "APS_TEMP", 8),

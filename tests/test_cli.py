@@ -40,12 +40,13 @@ def test_no_command_prints_help(capsys):
 def test_info_table(good_file, capsys):
     assert main(["info", str(good_file)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:4] == ["FILE", "LEVEL", "FILTER", "EXPTIME"]
+    assert lines[0].split()[:5] == ["FILE", "LEVEL", "FILTER", "PRODUCT", "EXPTIME"]
     row = lines[1].split()
     assert row[0] == good_file.name
     assert row[1] == "L1"
     assert row[2] == "Wideband"
-    assert row[3] == "1"
+    assert row[3] == "-"  # no PROD_ID below level 3
+    assert row[4] == "1"
     assert "128×128" in lines[1]
 
 
