@@ -930,7 +930,8 @@ def correct_banding(
             Run the polar second stage (see Notes): True, False, or "auto" = on for images of at
             least 1024 x 1024 pixels without a template (below that, or with a template at low
             S/N, there are too few rows per column for its estimate to beat its noise). Off by
-            default: it over-corrects the `aspiics.simulate` frames (see Notes).
+            default: on the `aspiics.simulate` scenes it takes coronal structure for banding
+            (see Notes).
         ``polar_length`` (None)
             Length (pixels) of the radial moving average; None = ``max(ny, nx) / 8`` (256 at 2048).
         ``polar_cos`` (0.5)
@@ -1017,16 +1018,26 @@ def correct_banding(
     estimated): ≈ 0.6-0.7 s (stage 1) and ≈ 0.75-0.9 s (both stages), peak extra memory ≈ 300 MB,
     see ``benchmarks/bench_banding.py``.
 
-    Why stage 2 is off by default: on the 2048 x 2048 `aspiics.simulate` Wideband 1 s frame of the
-    benchmark (static, drifting, bright-area-proportional and row components) it over-corrects:
-    slope 0.130 after stage 1, −0.10 with both stages (variance estimated; −0.19 with the
-    pipeline variance, −0.14 at the true Sun centre, −0.06 with ``polar_cos=0.7``). A likely cause
-    is the bright-area-proportional (gain) component: the per-column mean of the residual is
-    dominated by the bright inner corona, so the additive offset it gives is too large for the
-    fainter pixels, but a per-column fit of ``a + g * smoothed image`` in stage 2 (tried, not kept)
-    still gives −0.11, so the cause is open. Also,
-    the centre estimated from the NaN region is off by ~15 px on that frame (lost tiles touch the
-    occulter), so pass ``center`` (the L2 pipeline does).
+    Why stage 2 is off by default: it leaks coronal structure of the `aspiics.simulate` scenes into
+    the column estimate. The synthetic test scene is exactly separable (angular structure × r^-3),
+    so radial smoothing follows it; the simulator's K-corona is not: the Baumbach profile
+    (r^-7 and r^-17 terms) is much steeper than r^-3 near the occulter, streamers narrow with
+    height, the image is not yet vignetting-corrected, and lost tiles cut the radial windows near
+    the rim. On the noise-free, banding-free 2048 x 2048 Wideband 1 s scene (true Sun centre) the
+    column offsets found by stage 1 have an RMS of 0.07 × the RMS of the per-column injected
+    banding, those of both stages 8.0 × (mostly in the columns that pass within ~500 px of the Sun
+    centre, where the only pixels with ``|cos θ| > polar_cos`` are in the steep inner corona).
+    On the banded frame the RMS of the per-column residual is 0.46 × the injected banding after
+    stage 1 and 7.6 × after both; that error is almost uncorrelated with the injected pattern
+    (correlation −0.03), so the slope after stage 2 (−0.10 to −0.24 depending on the centre and
+    the variance used) is a noisy number, not an over-correction by a fixed factor. The result is
+    the same without the gain, drift or row components (static offsets alone: −0.20 / −0.24) and
+    with noise-free data, so it comes from the scene, not from the banding model or the noise.
+    Local-linear radial fits, a measured radial profile, shorter windows (64-128 px), a fuller
+    window requirement and rejection of blocks with a significant mean residual were tried and
+    kept the error at 4-10 × the banding. Pass ``center`` when using stage 2 (the centre
+    estimated from the NaN region is off by ~15 px on the simulated frames: lost tiles touch the
+    occulter).
 
     References
     ----------
