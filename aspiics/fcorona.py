@@ -417,9 +417,14 @@ def subtract_f_corona(m, model="koutchmy"):
     data = np.asarray(m.data, dtype=np.float32) - values.astype(np.float32)
     meta = _l3_meta(m, "Total brightness")
     meta["fcor_mod"] = key
+    from aspiics.io import product_filename
+
+    meta.pop("filename", None)
     if m.meta.get("filename"):
         meta["parent"] = m.meta["filename"]
-        meta.pop("filename", None)
+        name = product_filename("bt", m.meta)
+        if name:
+            meta["filename"] = name
     _append_history(meta, [f"F-corona removed: {F_CORONA_MODELS[key]} (aspiics.fcorona.subtract_f_corona)"])
     _set_stats(meta, data)
     mask = ~np.isfinite(data)

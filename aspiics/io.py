@@ -42,6 +42,7 @@ __all__ = [
     "format_filename",
     "group_acquisitions",
     "parse_filename",
+    "product_filename",
     "read_header",
     "read_map",
     "write_fits",
@@ -292,6 +293,43 @@ def format_filename(code, level, identifier, time, extension=".fits"):
         if str(code).lower() != "unknown":
             code = filter_info(code).code
     return ASPIICSFilename(_to_datetime(time), str(code), int(level), str(identifier), extension).name
+
+
+def product_filename(code, meta):
+    """
+    The official name of a level-3 science product made from a frame or composite.
+
+    Science products (``bt``, ``pb``, ``pa``, ``fe``, ``he``) carry the 12-character cycle +
+    sequence ID of their inputs (as the archive's level-3 files do) and the input's ``DATE-OBS``.
+
+    Parameters
+    ----------
+    code : str
+        Product code: ``'bt'``, ``'pb'``, ``'pa'``, ``'fe'`` or ``'he'``.
+    meta : dict-like
+        Header (or sunpy ``MetaDict``) of the input, with ``FILENAME`` and ``DATE-OBS``.
+
+    Returns
+    -------
+    str or None
+        The name, or None when the input has no ASPIICS file name or no date.
+
+    Examples
+    --------
+    >>> from aspiics.io import product_filename
+    >>> meta = {"filename": "aspiics_p2_l2_1320607D000121_20250812T201607.fits",
+    ...         "date-obs": "2025-08-12T20:16:07.5"}
+    >>> product_filename("pb", meta)
+    'aspiics_pb_l3_1320607D0001_20250812T201607.fits'
+    """
+    get = meta.get
+    name, date = get("filename") or get("FILENAME"), get("date-obs") or get("DATE-OBS")
+    if not name or not date:
+        return None
+    try:
+        return format_filename(code, 3, parse_filename(name).sequence_id, date)
+    except FilenameError:
+        return None
 
 
 def _to_datetime(time):

@@ -20,6 +20,7 @@ import numpy as np
 from astropy.nddata import StdDevUncertainty
 
 from aspiics.exceptions import AspiicsUserWarning, ProcessingError
+from aspiics.io import product_filename
 
 __all__ = ["DEFAULT_CONTINUUM_RATIO", "DEFAULT_LINE_SCALE", "LINE_PRODUCTS", "line_emission"]
 
@@ -248,6 +249,9 @@ def line_emission(
     parents = [str(m.meta["filename"]) for m in (narrowband_map, wideband_map) if m.meta.get("filename")]
     if parents:
         meta["parent"] = ", ".join(parents)
+    name_out = product_filename(narrowband_map.filter.code, narrowband_map.meta)
+    if name_out:
+        meta["filename"] = name_out
     meta["cont_rat"] = c
     meta["fcor_rat"] = float(f_corona_ratio) if f_values is not None else 0.0
     meta["line_scl"] = s

@@ -36,6 +36,7 @@ from astropy.nddata import StdDevUncertainty
 from aspiics.constants import filter_info
 from aspiics.exceptions import AspiicsUserWarning, CalibrationError, ProcessingError
 from aspiics.fcorona import _append_history, _set_stats
+from aspiics.io import product_filename
 
 __all__ = [
     "POLARIZER_NAMES",
@@ -951,8 +952,12 @@ def demodulate(
         ("pB", "Polarized brightness", "MSB", res.pB, res.sigma_pB),
         ("angle", "Polarization angle", "deg", res.angle, res.sigma_angle),
     )
+    codes = {"B": "bt", "pB": "pb", "angle": "pa"}
     for key, prod_id, bunit, data, sigma in specs:
         meta = _product_meta(meta_out, maps, prod_id, bunit, history)
+        name = product_filename(codes[key], {**maps[0].meta, "date-obs": meta["date-obs"]})
+        if name:
+            meta["filename"] = name
         if key == "angle":
             meta["comment"] = "Polarization angle in degrees from +x (solar west) counter-clockwise"
         _set_stats(meta, data)

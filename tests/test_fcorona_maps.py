@@ -153,3 +153,18 @@ def test_subtract_f_corona():
     pb = make_map(PROD_ID="Polarized brightness", LEVEL="L3")
     with pytest.raises(ProcessingError, match="total brightness only"):
         subtract_f_corona(pb)
+
+
+def test_products_carry_official_names():
+    """bt/fe/pb products are named per SPEC §2 from their input's cycle + sequence and date."""
+    from aspiics.io import parse_filename, product_filename
+
+    meta = {
+        "filename": "aspiics_wb_l3_1320404D00021_20250812T181432.fits",
+        "date-obs": "2025-08-12T18:14:32.3",
+    }
+    name = product_filename("bt", meta)
+    assert name == "aspiics_bt_l3_1320404D0002_20250812T181432.fits"
+    assert parse_filename(name).level == 3
+    assert product_filename("bt", {"date-obs": "2025-08-12T18:14:32"}) is None
+    assert product_filename("bt", {"filename": "other.fits", "date-obs": "2025-08-12T18:14:32"}) is None
