@@ -979,7 +979,24 @@ def composite(
     """
     Merge the exposures of one acquisition into a level-3 map, and return the weights too.
 
-    Same parameters as `merge_exposures`, which returns only the map.
+    `merge_exposures` does the same and returns only the map.
+
+    Parameters
+    ----------
+    stack_or_maps : `ExposureStack` or sequence of `~aspiics.ASPIICSMap` or path-like
+        An aligned stack, or the level-2 exposures of one acquisition (aligned first).
+    blend : float, optional
+        Width (pixels of the output grid) of the linear blend at the fill boundaries.
+    weighting : {'fill', 'inverse-variance'}, optional
+        The merge method (see `aspiics.merge.merge_arrays`).
+    island_size : int, optional
+        Fill islands of at most this many pixels are dropped where the longer exposure is NaN.
+    island_radius : float or None, optional
+        Islands farther than this from Sun centre (solar radii) are kept (None: the reference rule).
+    target : optional
+        The output grid, as in `align`.
+    **kwargs
+        Passed to `align`.
 
     Returns
     -------
