@@ -23,7 +23,7 @@ log = logging.getLogger("aspiics")
 log.addHandler(logging.NullHandler())
 
 from aspiics import visualization  # noqa: E402, F401  (registers the colormaps)
-from aspiics.calibrate import calibrate_map, to_physical_units  # noqa: E402
+from aspiics.calibrate import calibrate_acquisition, calibrate_map, to_physical_units  # noqa: E402
 from aspiics.calibration import CalibrationArchive, CalibrationSet, open_calibration  # noqa: E402
 from aspiics.io import read_map, write_map  # noqa: E402
 from aspiics.map import ASPIICSMap  # noqa: E402
@@ -64,6 +64,7 @@ __all__ = [
     "ExposureStack",
     "__version__",
     "align",
+    "calibrate_acquisition",
     "calibrate_map",
     "demodulate",
     "f_corona_model",

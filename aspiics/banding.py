@@ -54,15 +54,19 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from aspiics.exceptions import InputFileError, ProcessingError
+from aspiics.exceptions import HeaderError, InputFileError, ProcessingError
 
 __all__ = [
     "DEFAULT_PARAMS",
+    "EXPOSURE_PARAMS",
     "BandingResult",
     "BandingTemplate",
+    "ExposureBandingResult",
     "correct_banding",
+    "correct_banding_exposures",
     "correct_banding_step",
     "estimate_banding_template",
+    "exposure_banding",
 ]
 
 log = logging.getLogger(__name__)
@@ -1267,3 +1271,468 @@ def _robust_combine(x, v, k=4.0):
         chi2 = np.where(nused > 1, (w * (x - mean) ** 2).sum(axis=0) / np.maximum(nused - 1, 1), 1.0)
         err = err * np.sqrt(np.maximum(chi2, 1.0))
     return mean, err
+
+
+# ----------------------------------------------------------------------------------------------
+# Exposure differences: the additive column pattern at all spatial scales
+# ----------------------------------------------------------------------------------------------
+#: Defaults of `exposure_banding` besides the fit parameters it shares with `correct_banding`
+#: (``nseg``, ``k_pix``, ``k_init``, ``k_seg``, ``dilate``, ``sat_dilate``).
+EXPOSURE_PARAMS = {
+    "min_ratio": 1.5,
+    "pairs": "adjacent",
+    "iterations": 4,
+    "min_pixels": 32,
+    "order": 3,
+}
+
+
+@dataclasses.dataclass
+class ExposureBandingResult:
+    """
+    Result of `exposure_banding`.
+
+    Attributes
+    ----------
+    corrected : list of `numpy.ndarray`
+        The input images with their column offsets removed from every finite pixel (float32).
+    column_offset : list of `numpy.ndarray`
+        Per frame, the removed column offsets, shape ``(2, nx)`` (row parity 0, 1), MSB. Their
+        mean over the columns is zero; columns without an estimate are 0.
+    column_variance : list of `numpy.ndarray`
+        Their variances (MSB²); 0 where no estimate was made.
+    offset, offset_variance : `numpy.ndarray`
+        The common pattern in MSB s (``column_offset[k] = offset / t_k``) and its variance.
+    pairs : list of tuple
+        ``(i, j, n)`` for every pair of frames used: the shorter and the longer exposure (indices
+        into the input) and the number of difference pixels that entered the fit.
+    params : dict
+        The parameters used (for the FITS HISTORY).
+    """
+
+    corrected: list
+    column_offset: list
+    column_variance: list
+    offset: np.ndarray
+    offset_variance: np.ndarray
+    pairs: list
+    params: dict
+
+    def pattern_variance(self, index):
+        """
+        Variance image of the pattern removed from frame ``index`` (float32, MSB²).
+
+        Parameters
+        ----------
+        index : int
+            Frame index.
+
+        Returns
+        -------
+        `numpy.ndarray`
+        """
+        shape = self.corrected[index].shape
+        var = self.column_variance[index].astype(np.float32)
+        return np.broadcast_to(var[np.arange(shape[0]) % 2], shape)
+
+    def history(self, index=None):
+        """
+        One-line description for a FITS HISTORY card.
+
+        Parameters
+        ----------
+        index : int, optional
+            Frame index: adds the RMS of the offsets removed from that frame.
+
+        Returns
+        -------
+        str
+        """
+        items = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        pairs = " ".join(f"{i}-{j}" for i, j, _ in self.pairs) or "none"
+        line = f"aspiics.banding.exposure_banding: pairs {pairs}; {items}"
+        if index is not None:
+            line += f"; removed rms {float(np.sqrt(np.mean(self.column_offset[index] ** 2))):.3g} MSB"
+        return line
+
+
+def _exposure_params(params):
+    shared = {k: v for k, v in params.items() if k not in EXPOSURE_PARAMS}
+    p = _params(shared)
+    own = dict(EXPOSURE_PARAMS)
+    own.update({k: v for k, v in params.items() if k in EXPOSURE_PARAMS})
+    if own["min_ratio"] <= 1 or own["iterations"] < 1 or own["pairs"] not in ("adjacent", "all"):
+        raise ProcessingError(
+            "exposure_banding needs min_ratio > 1, iterations >= 1 and pairs 'adjacent' or 'all'."
+        )
+    p.update(own)
+    return p
+
+
+def _difference_fit(diff, weight, scene, p):
+    """
+    Robust per-column/parity fit of ``diff = a + b * scene`` on a difference image.
+
+    The ``b`` term (kept only where significant, see `correct_banding`'s gain model) absorbs column
+    differences proportional to the scene: the gain banding moved by the pointing jitter between
+    the exposures. Returns a, var_a of shape (2, nx) and the number of usable pixels per
+    column/parity.
+    """
+    nx0 = diff.shape[1]
+    nseg = p["nseg"]
+    diff = _pad_to(diff, 2 * nseg, nseg, fill=0)
+    weight = _pad_to(weight, 2 * nseg, nseg, fill=0)
+    scene = _pad_to(scene, 2 * nseg, nseg, fill=0)
+    ny, nx = diff.shape
+    count = (weight > 0).reshape(ny // 2, 2, nx).sum(axis=0)
+    a, _, va, _, _ = _fit_columns(diff, scene, weight, npar=2, nseg=nseg, gain=True, p=p, init=None)
+    return a[:, :nx0], va[:, :nx0], count[:, :nx0]
+
+
+def _exposure_pairs(times, p):
+    """Pairs (short, long) of frame indices whose exposure times differ by >= min_ratio."""
+    order = sorted(range(len(times)), key=lambda i: times[i])
+    pairs = []
+    for a, i in enumerate(order):
+        for j in order[a + 1 :]:
+            if times[j] >= p["min_ratio"] * times[i]:
+                pairs.append((i, j))
+                if p["pairs"] == "adjacent":
+                    break
+    return pairs
+
+
+def exposure_banding(images, exposure_times, *, variances=None, masks=None, pixel_maps=None, **params):
+    """
+    Additive column banding of an exposure set, at all spatial scales, from exposure differences.
+
+    The column offsets left by the bias and dark calibration are constant in DN, so once divided
+    by the exposure time they scale as ``1/t`` in MSB, whereas the corona is the same in every
+    exposure of one acquisition. The difference of two aligned exposures therefore holds no scene,
+    only the banding: column offsets can be measured at every scale, including those smooth over
+    many columns that no single-frame method can tell from coronal structure (see
+    `correct_banding`, Notes).
+
+    Parameters
+    ----------
+    images : sequence of array-like
+        Two or more L2 images (MSB, NaN = missing, +Inf = saturated) of the same detector and
+        filter, taken close together in time (one acquisition), already corrected by
+        `correct_banding` (which removes the column-to-column part of every banding component,
+        including the gain term that exposure differences cannot see; what it leaves is removed
+        here).
+    exposure_times : sequence of float
+        Their exposure times (s).
+    variances : sequence of array-like, optional
+        Pixel variances (MSB²); estimated from each image if not given.
+    masks : sequence of array-like of bool, optional
+        Pixels (True) not to use in the estimate (they are still corrected).
+    pixel_maps : dict, optional
+        ``{(i, j): PixelMap}`` mapping the pixel grid of image ``i`` (output) to that of image
+        ``j`` (input), as `aspiics.resample.find_pixel_mapping` returns it (pointing jitter between
+        the exposures); needed for the pairs used (see ``pairs``). A missing pair, or None, means
+        that the frames are co-registered.
+    **params
+        ``pairs`` ("adjacent"): difference every frame with the next longer exposure that is at
+        least ``min_ratio`` (1.5) times longer; "all": with every such exposure. ``iterations``
+        (1): see Notes. ``min_pixels`` (32): columns (per parity) with fewer usable difference
+        pixels get no correction. ``order`` (3): spline order of the resampling. The robust-fit
+        parameters ``nseg``, ``k_pix``, ``k_init``, ``k_seg``, ``dilate`` and ``sat_dilate``
+        have the meaning and defaults of `correct_banding`.
+
+    Returns
+    -------
+    ExposureBandingResult
+
+    Raises
+    ------
+    aspiics.exceptions.ProcessingError
+        If fewer than two images are given, the lengths or shapes differ, an exposure time is not
+        positive, or a parameter is unknown.
+
+    Notes
+    -----
+    Let ``L_k`` be the column pattern left in frame ``k`` (after `correct_banding`). The additive
+    banding is ``A / t_k`` in MSB with ``A`` the same for all frames (constant in DN), so
+    ``L_l ≈ ρ L_s`` for two frames with ``ρ = t_s / t_l < 1``. For each pair ``(s, l)``:
+
+    1. Image ``l`` is resampled onto the grid of ``s`` (cubic spline, NaN/+Inf kept; its variance
+       bilinearly) and subtracted: ``E = I_s - R(I_l)``, weight ``1 / (var_s + var_l)``, saturated
+       pixels left out with a margin of ``sat_dilate``. The corona cancels, and so does the gain
+       (multiplicative) banding, which is the same in MSB in every exposure.
+    2. Per column and row parity, a robust inverse-variance mean ``e`` of ``E`` (the fit of
+       `correct_banding`: pixel clipping with dilation and segment consistency along the column).
+    3. ``e = L_s - ρ L_l'``, with ``L_l'`` the pattern of frame ``l`` as resampled (shifted by
+       the pointing jitter). The shorter frame gets ``L_s = e / (1 - ρ)``, the longer one
+       ``L_l = ρ e / (1 - ρ)``. The first neglects the change of ``L_l`` under the jitter shift, an
+       error of ``ρ / (1 - ρ)`` times that change (0.11 for exposures 10 times apart, smaller
+       still because the pattern left after `correct_banding` is smooth over several columns);
+       with ``iterations=2`` the estimate of ``L_l`` is removed from image ``l`` *before* it is
+       resampled (so it is shifted exactly as the data) and ``L_s = e``.
+
+    Each frame is corrected by the estimate from the pairs in which it is the shorter exposure
+    (the direct measurement); only the longest exposure takes the scaled estimate ``ρ e / (1 -
+    ρ)``. Several estimates of one frame are combined by inverse variance. The mean over all
+    columns and both parities is removed: a uniform offset is not banding.
+    """
+    images = [np.asarray(img, dtype=np.float32) for img in images]
+    n = len(images)
+    if n < 2:
+        raise ProcessingError("exposure_banding needs at least two exposures of one acquisition.")
+    times = [float(t) for t in exposure_times]
+    variances = [None] * n if variances is None else list(variances)
+    masks = [None] * n if masks is None else list(masks)
+    if len(times) != n or len(variances) != n or len(masks) != n:
+        raise ProcessingError("images, exposure_times, variances and masks must have the same length.")
+    if not all(t > 0 for t in times):
+        raise ProcessingError(f"exposure_banding needs positive exposure times, got {times}.")
+    shape = images[0].shape
+    for i, img in enumerate(images):
+        if img.shape != shape:
+            raise ProcessingError(f"Image {i} has shape {img.shape}, expected {shape} (one detector).")
+    p = _exposure_params(params)
+    pixel_maps = dict(pixel_maps or {})
+    from aspiics.resample import resample_array
+
+    pairs = _exposure_pairs(times, p)
+    if not pairs:
+        log.info("exposure_banding: no two exposures differ by a factor >= %g", p["min_ratio"])
+    prepared = {}
+    for i in sorted({k for pair in pairs for k in pair}):
+        _, work, var, _ = _prepare(images[i], variances[i], masks[i], p)
+        prepared[i] = (work, var)
+    used_pairs = []
+    nx = shape[1]
+    offset = np.zeros((2, nx))
+    offset_var = np.zeros((2, nx))
+    measured = []  # per pair: (s, l, e, var_e, translation)
+    for s, lg in pairs:
+        work_s, var_s = prepared[s]
+        src, var_l = prepared[lg]
+        pmap = pixel_maps.get((s, lg))
+        shift = (0.0, 0.0)
+        if pmap is not None:
+            src, _ = resample_array(src, pmap, shape, order=p["order"], nan_threshold=0.0)
+            cy, cx = (shape[0] - 1) / 2, (shape[1] - 1) / 2
+            yin, xin = pmap.points(cy, cx)
+            shift = (float(yin) - cy, float(xin) - cx)
+        # the variance map is smooth: the jitter shift is neglected in the weights
+        tot = var_s + var_l
+        diff = work_s - src
+        ok = np.isfinite(diff) & np.isfinite(tot) & (tot > 0)
+        weight = np.zeros(shape, np.float32)
+        np.divide(1.0, tot, out=weight, where=ok)
+        diff = np.where(ok, diff, np.float32(0))
+        scene = np.where(ok, src, np.float32(0))
+        del src, ok
+        e, ve, count = _difference_fit(diff, weight, scene, p)
+        good = (count >= p["min_pixels"]) & (ve > 0)
+        measured.append((s, lg, np.where(good, e, 0.0), np.where(good, ve, 0.0), shift))
+        used_pairs.append((s, lg, int(np.count_nonzero(weight))))
+        del diff, weight, scene
+    nframes = len({k for pair in pairs for k in pair})
+    for it in range(p["iterations"] if pairs else 0):
+        found = []
+        for s, lg, e, ve, shift in measured:
+            if it == 0:
+                # e = offset/t_s - shifted(offset)/t_l, shift neglected
+                scale = 1.0 / (1.0 / times[s] - 1.0 / times[lg])
+                found.append((e * scale, ve * scale**2))
+            else:
+                # add back the long exposure's pattern, moved as the data were: e + R(offset/t_l)
+                moved = _shift_pattern(offset, shift) / times[lg]
+                found.append((np.where(ve > 0, (e + moved) * times[s], 0.0), ve * times[s] ** 2))
+        offset, offset_var = _combine_estimates(found)
+        # every frame enters several pairs: at most n_frames - 1 independent differences
+        offset_var = offset_var * max(1.0, len(pairs) / max(nframes - 1, 1))
+    offsets, offset_vars, corrected = [], [], []
+    for k in range(n):
+        a = offset / times[k]
+        offsets.append(a)
+        offset_vars.append(offset_var / times[k] ** 2)
+        img = images[k]
+        corrected.append(np.where(np.isfinite(img), img - _expand(a.astype(np.float32), shape[0]), img))
+    rec = {k: p[k] for k in (*EXPOSURE_PARAMS, "nseg", "k_pix", "k_seg", "gain_prior", "k_gain")}
+    log.debug("exposure_banding: %d pair(s) %s", len(used_pairs), used_pairs)
+    return ExposureBandingResult(
+        corrected=corrected,
+        column_offset=offsets,
+        column_variance=offset_vars,
+        offset=offset,
+        offset_variance=offset_var,
+        pairs=used_pairs,
+        params=rec,
+    )
+
+
+def _shift_pattern(offset, shift):
+    """
+    The (2, nx) column pattern as seen through a translation ``shift = (dy, dx)`` of the detector
+    grid (input = output + shift), interpolated like the data (cubic spline; the row-parity
+    alternation is periodic in y, so a fractional ``dy`` mixes the two parities).
+    """
+    dy, dx = shift
+    if dy == 0 and dx == 0:
+        return offset
+    tile = np.tile(offset, (4, 1))  # 8 rows: parities 0, 1, 0, 1, ...
+    tile = ndimage.shift(tile, (-dy, 0), order=3, mode="grid-wrap")
+    tile = ndimage.shift(tile, (0, -dx), order=3, mode="nearest")
+    return tile[:2]
+
+
+def _combine_estimates(found):
+    """Inverse-variance combination of (estimate, variance) pairs; the column mean is removed."""
+    num = np.zeros_like(found[0][0])
+    den = np.zeros_like(found[0][0])
+    for a, va in found:
+        w = np.where(va > 0, 1.0 / np.where(va > 0, va, 1.0), 0.0)
+        num += w * a
+        den += w
+    known = den > 0
+    a = np.where(known, num / np.where(known, den, 1.0), 0.0)
+    va = np.where(known, 1.0 / np.where(known, den, 1.0), 0.0)
+    if known.any():
+        a[known] -= a[known].mean()
+    return a, va
+
+
+def correct_banding_exposures(maps, **params):
+    """
+    Remove the additive column banding of an exposure set, at all spatial scales.
+
+    The map wrapper of `exposure_banding`, the ``expbanding`` step of
+    `aspiics.calibrate.calibrate_acquisition`: it aligns the exposures through their WCS (pointing
+    jitter), measures the column offsets that are constant in DN from the exposure differences,
+    removes them, adds their variance to the uncertainty and records the step in HISTORY and
+    ``CALSTEPS``. It runs on the intermediate MSB maps of one acquisition, after the ``msb`` step
+    and before the per-frame ``banding`` step (which then removes what is left: the gain banding,
+    drifting columns, row banding).
+
+    Parameters
+    ----------
+    maps : sequence of `~aspiics.map.ASPIICSMap`
+        Two or more maps in MSB of one filter and detector size (the 2-3 exposures of one
+        acquisition) on which the calibration steps up to ``msb`` have run, as made by
+        ``m.calibrate(cal, steps=...)``-style step functions (`aspiics.calibrate.to_msb` ...).
+    **params
+        Parameters of `exposure_banding`.
+
+    Returns
+    -------
+    list of `~aspiics.map.ASPIICSMap`
+        New intermediate maps, in the input order. When no pair of exposures qualifies (exposure
+        times within a factor ``min_ratio``), the maps are returned unchanged with a HISTORY line.
+
+    Raises
+    ------
+    aspiics.exceptions.ProcessingError
+        Fewer than two maps, maps not in MSB yet or already banding-corrected, mixed filters or
+        shapes, or frames that cannot be aligned by a smooth pixel map.
+    aspiics.exceptions.HeaderError
+        A map without FILTER, EXPTIME or WCS keywords.
+
+    Examples
+    --------
+    The usual entry point is the acquisition calibration, which runs this step by default:
+
+    >>> from aspiics.calibrate import calibrate_acquisition
+    >>> l2_maps = calibrate_acquisition(l1_exposures, cal, banding=True)  # doctest: +SKIP
+    """
+    from astropy.nddata import VarianceUncertainty
+
+    from aspiics.composite import _check_wcs_keys, _label
+    from aspiics.resample import find_pixel_mapping
+
+    maps = list(maps)
+    if len(maps) < 2:
+        raise ProcessingError("correct_banding_exposures needs at least two exposures of one acquisition.")
+    labels = [_label(m, i) for i, m in enumerate(maps)]
+    times, filters = [], set()
+    for m, label in zip(maps, labels, strict=True):
+        steps = [s for s in str(m.meta.get("calsteps", "") or "").split(",") if s]
+        if "msb" not in steps or any(s in steps for s in ("expbanding", "banding", "badpix", "vignetting")):
+            raise ProcessingError(
+                f"{label}: the exposure-set banding step runs on MSB maps after the 'msb' step and before "
+                f"'banding' (CALSTEPS={','.join(steps) or 'none'}); calibrate the level-1 exposures with "
+                "aspiics.calibrate.calibrate_acquisition(maps, calibration)."
+            )
+        _check_wcs_keys(m, label)
+        filters.add(str(m.meta.get("filter", "")).strip())
+        try:
+            t = float(m.meta.get("exptime"))
+        except (TypeError, ValueError):
+            t = float("nan")
+        if not t > 0:
+            raise HeaderError(f"{label}: EXPTIME is missing or not positive ({m.meta.get('exptime')!r})")
+        times.append(t)
+    if len(filters) > 1:
+        raise ProcessingError(
+            f"mixed filters in one exposure set: {', '.join(sorted(filters))}; the banding in MSB "
+            "depends on the filter's A_phot: correct each filter's exposures separately."
+        )
+    shapes = {np.shape(m.data) for m in maps}
+    if len(shapes) > 1:
+        raise ProcessingError(f"frames of different shapes in one exposure set: {sorted(shapes)}")
+    acq = {getattr(m, "acquisition_id", None) for m in maps} - {None}
+    if len(acq) > 1:
+        log.warning(
+            "correct_banding_exposures: frames of %d acquisitions (%s); the corona must be the same "
+            "in all frames",
+            len(acq),
+            ", ".join(sorted(map(str, acq))),
+        )
+    p = _exposure_params(params)
+    shape = np.shape(maps[0].data)
+    pixel_maps = {}
+    for s, lg in _exposure_pairs(times, p):
+        pmap = find_pixel_mapping(maps[lg].wcs, maps[s].wcs, shape, shape)
+        if pmap is None:
+            raise ProcessingError(
+                f"{labels[lg]} cannot be mapped onto {labels[s]} by a smooth pixel map; check their WCS."
+            )
+        identity = (
+            pmap.is_affine
+            and np.allclose(pmap.matrix, np.eye(2), atol=1e-9)
+            and np.allclose(pmap.offset, 0, atol=1e-6)
+        )
+        if not identity:  # co-registered frames need no resampling
+            pixel_maps[s, lg] = pmap
+    variances = []
+    for m in maps:
+        unc = m.uncertainty
+        if unc is not None and not isinstance(unc, VarianceUncertainty):
+            unc = unc.represent_as(VarianceUncertainty)
+        variances.append(None if unc is None else np.asarray(unc.array, dtype=np.float32))
+    masks = []
+    for m in maps:
+        # invalid pixels (saturated ones included) are left out with a blooming margin
+        mask = None if m.mask is None else _dilate(np.asarray(m.mask, dtype=bool), p["sat_dilate"])
+        masks.append(mask)
+    res = exposure_banding(
+        [np.asarray(m.data, dtype=np.float32) for m in maps],
+        times,
+        variances=variances,
+        masks=masks,
+        pixel_maps=pixel_maps,
+        **params,
+    )
+    out = []
+    for k, m in enumerate(maps):
+        meta = m.meta.copy()
+        history = [line for line in str(meta.get("history", "") or "").split("\n") if line]
+        if not res.pairs:
+            history.append(
+                f"aspiics L2 expbanding: skipped (no two exposures differ by a factor >= {p['min_ratio']})"
+            )
+            meta["history"] = "\n".join(history)
+            out.append(type(m)(np.asarray(m.data), meta, uncertainty=m.uncertainty, mask=m.mask))
+            continue
+        unc = None
+        if variances[k] is not None:
+            unc = VarianceUncertainty(variances[k] + res.pattern_variance(k), copy=False)
+        history.append(f"aspiics L2 expbanding: {res.history(k)}")
+        meta["history"] = "\n".join(history)
+        steps = [s for s in str(meta.get("calsteps", "") or "").split(",") if s]
+        meta["calsteps"] = ",".join([*steps, "expbanding"])
+        out.append(type(m)(res.corrected[k], meta, uncertainty=unc, mask=m.mask))
+    return out

@@ -65,8 +65,10 @@ __all__ = [
     "FLAG_REPLACED",
     "FLAG_SATURATED",
     "FLAG_VIGNETTED",
+    "SET_STEPS",
     "apply_banding",
     "apply_banding_map",
+    "calibrate_acquisition",
     "calibrate_map",
     "correct_nonlinearity",
     "correct_nonlinearity_map",
@@ -104,7 +106,11 @@ _INVALID = FLAG_MISSING | FLAG_SATURATED
 DEFAULT_APS_TEMP = -13.0
 
 #: Every step, in the only order in which they may run.
-ALL_STEPS = ("bias", "nonlin", "variance", "dark", "flat", "msb", "banding", "badpix", "vignetting")
+ALL_STEPS = (
+    "bias", "nonlin", "variance", "dark", "flat", "msb", "expbanding", "banding", "badpix", "vignetting",
+)  # fmt: skip
+#: Steps that work on the exposures of one acquisition together (`calibrate_acquisition`).
+SET_STEPS = ("expbanding",)
 #: Steps of `calibrate_map` by default (``banding`` runs only if a banding function is given;
 #: ``vignetting`` is off, as in the reference).
 DEFAULT_STEPS = ("bias", "nonlin", "variance", "dark", "flat", "msb", "banding", "badpix")
@@ -114,6 +120,7 @@ _REQUIRES = {
     "dark": "bias",
     "flat": "bias",
     "msb": "bias",
+    "expbanding": "msb",
     "banding": "flat",
     "badpix": "variance",
     "vignetting": "bias",
@@ -886,11 +893,16 @@ def _check_order(step, done, filename):
         )
 
 
-def _check_steps(steps):
+def _check_steps(steps, *, sets=False):
     steps = list(steps)
     unknown = [s for s in steps if s not in ALL_STEPS]
     if unknown:
         raise ProcessingError(f"unknown calibration step(s) {unknown}; the steps are {', '.join(ALL_STEPS)}")
+    if not sets and any(s in SET_STEPS for s in steps):
+        raise ProcessingError(
+            f"step(s) {[s for s in steps if s in SET_STEPS]} work on the exposures of one acquisition "
+            "together: use aspiics.calibrate.calibrate_acquisition(maps, calibration)"
+        )
     order = [ALL_STEPS.index(s) for s in steps]
     if order != sorted(set(order)):
         raise ProcessingError(
@@ -1254,6 +1266,77 @@ def calibrate_map(m, calibration=None, *, steps=DEFAULT_STEPS, filter=None, **op
     out = _final_map(m, ctx, st, assumed, filter)
     log.info("%s calibrated to L2 (%s)", ctx.filename, ",".join(st.done))
     return out
+
+
+def calibrate_acquisition(
+    maps, calibration=None, *, steps=DEFAULT_STEPS, filter=None, exposure_banding=None,
+    exposure_options=None, **options,
+):  # fmt: skip
+    """
+    Calibrate the level-1 exposures of one acquisition to level 2, together.
+
+    Every exposure goes through the steps of `calibrate_map`; in addition, between the ``msb`` and
+    the ``banding`` steps, the set-level step ``expbanding``
+    (`aspiics.banding.correct_banding_exposures`) measures the column banding that is constant in
+    DN from the differences of the exposures, where the corona cancels, and removes it at all
+    spatial scales. The per-frame ``banding`` step then removes what is left (gain banding,
+    drifting columns, row banding).
+
+    Parameters
+    ----------
+    maps : sequence of `~aspiics.map.ASPIICSMap`
+        Level-1 maps of one filter (normally the 2-3 exposures of one acquisition).
+    calibration : optional
+        As in `calibrate_map`.
+    steps : sequence of str, optional
+        Per-frame steps, as in `calibrate_map`.
+    filter : str, optional
+        As in `calibrate_map`.
+    exposure_banding : bool, optional
+        Run the ``expbanding`` step. Default: when the per-frame banding correction is on
+        (``banding=True`` or a function) and there are at least two exposures.
+    exposure_options : dict, optional
+        Parameters of `aspiics.banding.exposure_banding`.
+    **options
+        As in `calibrate_map` (``banding``, ``banding_options``, ...).
+
+    Returns
+    -------
+    list of `~aspiics.map.ASPIICSMap`
+        The level-2 maps, in the input order. Without ``expbanding`` they equal what
+        `calibrate_map` returns for each frame.
+
+    Raises
+    ------
+    aspiics.exceptions.ProcessingError
+        As `calibrate_map` and `aspiics.banding.correct_banding_exposures` (mixed filters or
+        shapes, frames that cannot be aligned).
+
+    Examples
+    --------
+    >>> from aspiics.calibrate import calibrate_acquisition
+    >>> l2_maps = calibrate_acquisition(l1_maps, cal, banding=True)  # doctest: +SKIP
+    """
+    maps = list(maps)
+    steps = _check_steps(steps)
+    if exposure_banding is None:
+        func = options.get("banding")
+        exposure_banding = func is not None and func is not False and "banding" in steps
+    if not exposure_banding or len(maps) < 2:
+        return [calibrate_map(m, calibration, steps=steps, filter=filter, **options) for m in maps]
+    from aspiics.banding import correct_banding_exposures
+
+    cut = ALL_STEPS.index("expbanding")
+    before = [s for s in steps if ALL_STEPS.index(s) < cut]
+    after = [s for s in steps if ALL_STEPS.index(s) > cut]
+    intermediate = []
+    for m in maps:
+        ctx, assumed = _prepare(m, calibration, filter, options)
+        st = _state_from_map(m)
+        _run(m, [s for s in before if s not in st.done], ctx, st)
+        intermediate.append(_intermediate_map(m, ctx, st, assumed, filter))
+    intermediate = correct_banding_exposures(intermediate, **(exposure_options or {}))
+    return [calibrate_map(m, calibration, steps=after, filter=filter, **options) for m in intermediate]
 
 
 def finalize_map(m, calibration=None, *, filter=None):

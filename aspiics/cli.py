@@ -153,23 +153,91 @@ def _run_batch(files, work, *, desc):
 # l2
 
 
-def _calibrate_one(path, calibration, outdir, overwrite, options):
-    """Calibrate one L1 file to an L2 file; return the output path (top level: picklable for Dask)."""
+def _calibrate_group(paths, calibration, outdir, overwrite, options, exposures=True):
+    """
+    Calibrate the L1 files of one acquisition to L2 files (top level: picklable for Dask).
+
+    With ``exposures`` and banding on, the exposures are calibrated together
+    (`aspiics.calibrate.calibrate_acquisition`, which adds the exposure-set banding step); if that
+    fails, each frame is calibrated on its own. Returns ``(written paths, [(path, message), ...])``.
+    """
+    from aspiics.calibrate import calibrate_acquisition
     from aspiics.io import parse_filename, read_map
 
-    m = read_map(path)
-    if m.processing_level != 1:
-        raise AspiicsError(f"{path}: LEVEL is {m.meta.get('level')!r}, not L1; only L1 frames are calibrated")
-    out = Path(outdir) / parse_filename(path).replace(level=2).name
-    if out.exists() and not overwrite:
-        raise AspiicsError(f"{out} exists already; pass --overwrite to replace it")
-    l2 = m.calibrate(calibration, **options)
-    return l2.save(out, overwrite=overwrite)
+    loaded, failures = [], []
+    for path in paths:
+        try:
+            m = read_map(path)
+            if m.processing_level != 1:
+                raise AspiicsError(
+                    f"{path}: LEVEL is {m.meta.get('level')!r}, not L1; only L1 frames are calibrated"
+                )
+            out = Path(outdir) / parse_filename(path).replace(level=2).name
+            if out.exists() and not overwrite:
+                raise AspiicsError(f"{out} exists already; pass --overwrite to replace it")
+            loaded.append((path, out, m))
+        except (AspiicsError, OSError) as err:
+            failures.append((path, _one_line(err, path)))
+    calibrated = None
+    if exposures and len(loaded) >= 2:
+        try:
+            l2 = calibrate_acquisition([m for _, _, m in loaded], calibration, **options)
+            calibrated = [(p, o, m) for (p, o, _), m in zip(loaded, l2, strict=True)]
+        except (AspiicsError, OSError) as err:
+            log.warning("%s: calibrating the frames one by one: %s", paths[0], _one_line(err, paths[0]))
+    if calibrated is None:
+        calibrated = []
+        for path, out, m in loaded:
+            try:
+                calibrated.append((path, out, m.calibrate(calibration, **options)))
+            except (AspiicsError, OSError) as err:
+                failures.append((path, _one_line(err, path)))
+    written = []
+    for path, out, m in calibrated:
+        try:
+            written.append(m.save(out, overwrite=overwrite))
+        except (AspiicsError, OSError) as err:
+            failures.append((path, _one_line(err, path)))
+    return written, failures
 
 
-def _run_on_dask(files, calibration, outdir, overwrite, options, workers):
+def _one_line(err, path):
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return message if str(path) in message else f"{path}: {message}"
+
+
+def _acquisition_groups(files):
+    """L1 files grouped by acquisition (files with unparsable names form groups of their own)."""
+    from aspiics.io import parse_filename
+
+    groups = {}
+    for path in files:
+        try:
+            key = parse_filename(path).acquisition_id
+        except AspiicsError:
+            key = f"file:{path}"
+        groups.setdefault(key, []).append(path)
+    return [groups[k] for k in sorted(groups)]
+
+
+def _report_groups(results, nfiles):
+    """Print written paths and failures; exit status 1 if any file failed."""
+    failed = 0
+    for written, failures in results:
+        for path in written:
+            _out(path)
+        for _, message in failures:
+            failed += 1
+            _error(message)
+    if failed:
+        _error(f"{failed} of {nfiles} inputs failed")
+        return 1
+    return 0
+
+
+def _run_on_dask(groups, calibration, outdir, overwrite, options, workers, exposures):
     """
-    Calibrate files on a local Dask cluster of ``workers`` processes.
+    Calibrate acquisitions on a local Dask cluster of ``workers`` processes.
 
     The calibration set is loaded once here and broadcast to the workers, so each worker holds one
     copy of the calibration arrays. Failures are reported one line each, like the serial path.
@@ -184,7 +252,7 @@ def _run_on_dask(files, calibration, outdir, overwrite, options, workers):
         from aspiics.io import parse_filename
 
         filters = set()
-        for path in files:
+        for path in (p for group in groups for p in group):
             try:
                 info = parse_filename(path).filter
             except AspiicsError:
@@ -192,29 +260,28 @@ def _run_on_dask(files, calibration, outdir, overwrite, options, workers):
             if info is not None:
                 filters.add(info.name)
         calibration.preload(sorted(filters) or None)
-    failed = 0
+    results = []
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
     with cluster, Client(cluster) as client:
         cal = client.scatter(calibration, broadcast=True)
         futures = {
-            client.submit(_calibrate_one, path, cal, outdir, overwrite, options, pure=False): path
-            for path in files
+            client.submit(
+                _calibrate_group, group, cal, outdir, overwrite, options, exposures, pure=False
+            ): group
+            for group in groups
         }
-        for future in _progress(as_completed(futures), total=len(futures), desc="L2", unit="file"):
+        for future in _progress(as_completed(futures), total=len(futures), desc="L2", unit="acquisition"):
+            group = futures[future]
             try:
-                _out(future.result())
+                results.append(future.result())
             except (AspiicsError, OSError) as err:
-                failed += 1
-                message = str(err).splitlines()[0]
-                path = futures[future]
-                _error(message if str(path) in message else f"{path}: {message}")
-    if failed:
-        _error(f"{failed} of {len(files)} inputs failed")
-        return 1
-    return 0
+                results.append(([], [(p, _one_line(err, p)) for p in group]))
+    return _report_groups(results, sum(len(g) for g in groups))
 
 
-def _calibrate_files(files, calibration, outdir, *, overwrite, banding=True, template=None, workers=1):
+def _calibrate_files(
+    files, calibration, outdir, *, overwrite, banding=True, template=None, workers=1, exposures=True
+):
     from aspiics.calibration import open_calibration
 
     cal = open_calibration(calibration)
@@ -223,13 +290,14 @@ def _calibrate_files(files, calibration, outdir, *, overwrite, banding=True, tem
         from aspiics.banding import BandingTemplate
 
         options["banding_options"] = {"template": BandingTemplate.load(template)}
+    groups = _acquisition_groups(files)
     if workers > 1:
-        return _run_on_dask(files, cal, outdir, overwrite, options, workers)
-
-    def work(path):
-        yield _calibrate_one(path, cal, outdir, overwrite, options)
-
-    return _run_batch(files, work, desc="L2")
+        return _run_on_dask(groups, cal, outdir, overwrite, options, workers, exposures)
+    results = [
+        _calibrate_group(group, cal, outdir, overwrite, options, exposures)
+        for group in _progress(groups, desc="L2", unit="acquisition")
+    ]
+    return _report_groups(results, len(files))
 
 
 def _cmd_l2(args):
@@ -245,6 +313,7 @@ def _cmd_l2(args):
         banding=not args.no_banding,
         template=args.banding_template,
         workers=args.workers,
+        exposures=not args.no_exposure_banding,
     )
 
 
@@ -538,10 +607,13 @@ def _cmd_demo(args):
         stage("L2")
         calibration = open_calibration(cal.path)
         l2_files = []
-        for path in _progress(l1_files, desc="L2", unit="frame"):
-            l2 = read_map(path).calibrate(calibration, banding=True)
-            out = outdir / "l2" / Path(path).name.replace("_l1_", "_l2_")
-            l2_files.append(l2.save(out, overwrite=args.overwrite))
+        for group in _progress(_acquisition_groups(l1_files), desc="L2", unit="acquisition"):
+            written, failures = _calibrate_group(
+                group, calibration, outdir / "l2", args.overwrite, {"banding": True}
+            )
+            if failures:
+                raise AspiicsError(f"demo: L2 calibration failed: {failures[0][1]}")
+            l2_files.extend(written)
         done("L2")
 
         stage("merge")
@@ -650,6 +722,12 @@ def _build_parser():
     p.add_argument("--outdir", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.add_argument("--no-banding", action="store_true", help="skip the banding correction")
+    p.add_argument(
+        "--no-exposure-banding",
+        action="store_true",
+        help="skip the exposure-set step of the banding correction (column offsets measured from the "
+        "differences of the exposures of each acquisition; see aspiics.banding.correct_banding_exposures)",
+    )
     p.add_argument(
         "--banding-template",
         metavar="FILE",

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from aspiics.banding import BandingTemplate, correct_banding, estimate_banding_template
+from aspiics.banding import (
+    BandingTemplate,
+    correct_banding,
+    correct_banding_exposures,
+    estimate_banding_template,
+    exposure_banding,
+)
 from aspiics.exceptions import InputFileError, ProcessingError
 
 SIGMA = 1.0  # pixel noise (MSB units of the synthetic frames)
@@ -25,10 +31,15 @@ class Frame:
     sigma: float
 
 
-def coronal_scene(n=512, *, seed=0, column_streamer=True, streamer_contrast=1.0):
-    """Radial power law with streamers and fine rays; occulter disc, NaN tiles, saturated lobe."""
+def coronal_scene(n=512, *, seed=0, column_streamer=True, streamer_contrast=1.0, shift=(0.0, 0.0)):
+    """
+    Radial power law with streamers and fine rays; occulter disc, NaN tiles, saturated lobe.
+
+    ``shift`` (dy, dx) moves the Sun (scene, occulter, saturated lobe) on the detector; the lost
+    tiles stay where they are (they belong to the detector readout).
+    """
     rng = np.random.default_rng(seed)
-    cy, cx = n / 2 + 3.3, n / 2 - 4.6
+    cy, cx = n / 2 + 3.3 + shift[0], n / 2 - 4.6 + shift[1]
     r0 = 0.18 * n  # occulter radius: ASPIICS IO ~375 px of 2048
     y, x = np.mgrid[0:n, 0:n].astype(np.float64)
     r = np.hypot(y - cy, x - cx)
@@ -508,3 +519,253 @@ def test_template_from_simulated_stack_beats_per_frame(tmp_path):
     # measured: per-frame 1.66x the injected RMS (worse than no correction), template 0.50x
     assert e_tpl < 0.7 * injected
     assert e_tpl < 0.5 * e_frame
+
+
+# ----------------------------------------------------------------------------------------------
+# Exposure sets: the additive pattern at all scales from exposure differences
+# ----------------------------------------------------------------------------------------------
+def make_set(n=1024, times=(0.5, 5.0), *, seed=3, banding=True, shifts=None, amp=0.6, gain_amp=3e-3):
+    """
+    Frames of one acquisition: the same scene (moved by ``shifts``), the additive column pattern
+    constant in DN (so ``A / t`` in MSB, ``amp`` σ in the shortest frame), the same gain pattern in
+    every frame, and noise ``σ sqrt(t0 / t)`` (shot-noise-like).
+    """
+    prng = np.random.default_rng(1234)
+    big_a = prng.normal(0, amp * SIGMA, (2, n)) * times[0]  # MSB s
+    g = prng.normal(0, gain_amp, (2, n))
+    if not banding:
+        big_a[:], g[:] = 0, 0
+    par = np.arange(n) % 2
+    frames = []
+    for k, t in enumerate(times):
+        truth, scol, srows = coronal_scene(n, seed=seed, shift=(0.0, 0.0) if shifts is None else shifts[k])
+        finite = np.isfinite(truth)
+        t0 = np.where(finite, truth, 0)
+        band = (big_a[par] / t + g[par] * t0).astype(np.float32)
+        band[~finite] = 0
+        sk = SIGMA * np.sqrt(times[0] / t)
+        rng = np.random.default_rng(seed + 10 * k + 1)
+        data = (truth + band + rng.normal(0, sk, truth.shape)).astype(np.float32)
+        data[~finite] = truth[~finite]
+        frames.append(Frame(data, truth, band, big_a / t, g, np.zeros(n), scol, srows, sk))
+    return frames
+
+
+def pattern_slope(frame, removed, pattern=None):
+    """
+    The banding-left slope computed without the pixel noise of ``corrected - truth``.
+
+    ``corrected - truth = banding - removed + noise``: the per-column medians of ``banding -
+    removed`` are regressed on those of the injected banding (``pattern``, default all of it).
+    The noise term, uncorrelated with the banding, only adds scatter to the literal metric
+    (±0.015 on a 512 x 512 frame), so this is the same target measured more precisely.
+    """
+    valid = np.isfinite(frame.truth)
+    pattern = frame.banding if pattern is None else pattern
+    removed = np.where(valid, removed, 0)
+    left, _ = column_medians(np.where(valid, pattern - removed, np.nan), valid)
+    inj, _ = column_medians(np.where(valid, pattern, np.nan), valid)
+    ok = np.isfinite(left) & np.isfinite(inj)
+    x, y = inj[ok] - inj[ok].mean(), left[ok] - left[ok].mean()
+    return float((x * y).sum() / (x * x).sum())
+
+
+def run_set(frames, times=(0.5, 5.0), **kwargs):
+    """The exposure-set stage on the frames, then stage 1 (`correct_banding`) on each."""
+    variances = [np.full_like(f.data, f.sigma**2) for f in frames]
+    res = exposure_banding([f.data for f in frames], times, variances=variances, **kwargs)
+    final = [correct_banding(c, variance=v, **P512) for c, v in zip(res.corrected, variances, strict=True)]
+    return res, final
+
+
+def stage1_only(frames):
+    return [correct_banding(f.data, variance=np.full_like(f.data, f.sigma**2), **P512) for f in frames]
+
+
+@pytest.fixture(scope="module")
+def exposure_set():
+    frames = make_set(gain_amp=0.0)
+    return frames, stage1_only(frames), *run_set(frames)
+
+
+def additive(frame):
+    return np.broadcast_to(frame.col_offset[np.arange(frame.data.shape[0]) % 2], frame.data.shape)
+
+
+def test_exposure_set_meets_slope_target(exposure_set):
+    """
+    Two exposures 10x apart (1024 x 1024, the ASPIICS geometry at half size, ``block=4``): the
+    additive banding is measured at all scales from their difference, so both frames reach the
+    slope target (≤ 0.02) that stage 1 alone misses (0.10).
+    """
+    frames, stage1, res, final = exposure_set
+    assert [p[:2] for p in res.pairs] == [(0, 1)]
+    for f, s1, fin in zip(frames, stage1, final, strict=True):
+        assert banding_slope(f, s1.corrected) > 0.08  # measured 0.104 / 0.110
+        assert abs(banding_slope(f, fin.corrected)) <= 0.02  # measured 0.001 / 0.003
+        assert abs(pattern_slope(f, sub(f.data, fin.corrected))) <= 0.02  # measured 0.003 / 0.004
+        assert abs(structure_corr(f, sub(f.data, fin.corrected))) <= 0.05
+        assert streamer_contrast(fin.corrected, f) >= 0.98 * streamer_contrast(f.truth, f)
+    # the common pattern (MSB s) is the injected one
+    inj = frames[0].col_offset * 0.5
+    assert np.corrcoef(res.offset.ravel(), inj.ravel())[0, 1] > 0.98  # measured 0.990
+    assert np.polyfit(inj.ravel(), res.offset.ravel(), 1)[0] == pytest.approx(1.0, abs=0.02)
+
+
+def test_exposure_set_with_jitter_and_gain():
+    """
+    Pointing jitter between the exposures (1.5 px in y, which mixes the row parities, and 2 px in
+    x) is followed through the pixel map; the gain banding (the same in MSB in both frames) moves
+    with the jitter but is absorbed by the fit's scene-proportional term. The additive pattern is
+    still recovered. What stays in the frames is the low-frequency part of the gain banding.
+    """
+    from aspiics.resample import PixelMap
+
+    frames = make_set(shifts=[(0.0, 0.0), (1.5, -2.0)])
+    pmap = {(0, 1): PixelMap(np.eye(2), np.array([1.5, -2.0]))}
+    res, final = run_set(frames, pixel_maps=pmap)
+    unaligned, _ = run_set(frames)
+    inj = (frames[0].col_offset * 0.5).ravel()
+    assert np.corrcoef(res.offset.ravel(), inj)[0, 1] > 0.97  # measured 0.986
+    assert np.polyfit(inj, res.offset.ravel(), 1)[0] == pytest.approx(1.0, abs=0.03)  # measured 1.000
+    s1 = stage1_only(frames[:1])[0]
+    # measured 0.023 vs 0.13: what is left is the gain banding's low-frequency part
+    assert banding_slope(frames[0], final[0].corrected) < 0.25 * banding_slope(frames[0], s1.corrected)
+    # without the pixel map the misaligned corona leaks into the estimate (error 0.26 vs 0.05)
+    err = np.std(res.offset.ravel() - inj)
+    assert np.std(unaligned.offset.ravel() - inj) > 2 * err
+
+
+def test_exposure_set_null():
+    """No banding injected: what the exposure stage removes is estimation noise, as its variance says."""
+    frames = make_set(banding=False)
+    res, final = run_set(frames)
+    for k, f in enumerate(frames):
+        a, va = res.column_offset[k], res.column_variance[k]
+        assert np.sqrt(np.mean(a**2)) <= 0.1 * f.sigma  # measured 0.058 / 0.018
+        ok = va > 0
+        assert ok.mean() > 0.9
+        assert np.sqrt(np.mean(a[ok] ** 2 / va[ok])) <= 2.0  # measured 1.11 (the error is as stated)
+        pv = res.pattern_variance(k)
+        assert pv.shape == f.data.shape
+        assert np.all(pv >= 0)
+        assert abs(structure_corr(f, sub(f.data, final[k].corrected))) <= 0.05
+
+
+def test_exposure_set_errors(caplog):
+    frames = make_set(n=128)
+    imgs = [f.data for f in frames]
+    with pytest.raises(ProcessingError, match="at least two"):
+        exposure_banding(imgs[:1], [1.0])
+    with pytest.raises(ProcessingError, match="same length"):
+        exposure_banding(imgs, [1.0])
+    with pytest.raises(ProcessingError, match="positive"):
+        exposure_banding(imgs, [1.0, 0.0])
+    with pytest.raises(ProcessingError, match="shape"):
+        exposure_banding([imgs[0], imgs[1][:64]], [1.0, 10.0])
+    with pytest.raises(ProcessingError, match="Unknown banding parameter"):
+        exposure_banding(imgs, [1.0, 10.0], bogus=1)
+    with pytest.raises(ProcessingError, match="min_ratio"):
+        exposure_banding(imgs, [1.0, 10.0], pairs="some")
+    with caplog.at_level("INFO", logger="aspiics.banding"):
+        res = exposure_banding(imgs, [1.0, 1.2])  # too close in exposure time: nothing to do
+    assert "no two exposures differ" in caplog.text
+    assert res.pairs == []
+    np.testing.assert_array_equal(res.corrected[0], imgs[0])
+    assert "pairs none" in res.history()
+
+
+@pytest.mark.skipif(not HAVE_SIM, reason="aspiics.simulate not available")
+def test_calibrate_acquisition_expbanding(tmp_path):
+    """
+    ``calibrate_acquisition`` runs the exposure-set step between ``msb`` and ``banding`` on a
+    simulated Wideband acquisition (0.1, 1, 10 s, pointing jitter): the additive banding it
+    measures is the injected one, the frames' banding slopes drop, and
+    without the step the result is exactly that of ``calibrate_map``.
+    """
+    from aspiics.calibrate import calibrate_acquisition, calibrate_map
+    from aspiics.calibration import CalibrationSet
+    from aspiics.map import ASPIICSMap
+
+    shape = (512, 512)
+    opts = {"banding": True, "banding_options": {"block": 4}}
+    release = make_calibration_set(tmp_path, shape=shape, seed=2)
+    cal = CalibrationSet(release.path)
+    acq = simulate_acquisition("Wideband", (0.1, 1.0, 10.0), shape=shape, calibration=release, seed=5)
+    l1 = [ASPIICSMap(fr.data, fr.header) for fr in acq.frames]
+    plain = calibrate_acquisition(l1, cal, exposure_banding=False, **opts)
+    for m, p in zip(l1, plain, strict=True):
+        np.testing.assert_array_equal(np.asarray(calibrate_map(m, cal, **opts).data), np.asarray(p.data))
+    fixed = calibrate_acquisition(l1, cal, **opts)
+    for fr, p, m in zip(acq.frames, plain, fixed, strict=True):
+        assert m.meta["calsteps"] == "bias,nonlin,variance,dark,flat,msb,expbanding,banding,badpix"
+        assert "aspiics L2 expbanding: aspiics.banding.exposure_banding: pairs 0-1 1-2" in m.meta["history"]
+        truth = fr.truth
+        valid = (
+            np.isfinite(np.asarray(m.data)) & np.isfinite(np.asarray(p.data)) & ~truth.hot & ~truth.unusual
+        )
+        inj, _ = column_medians(truth.banding_msb, valid)
+
+        def slope(img, valid=valid, inj=inj, truth=truth):
+            left, _ = column_medians(np.asarray(img, float) - truth.l2, valid)
+            ok = np.isfinite(left) & np.isfinite(inj)
+            x, y = inj[ok] - inj[ok].mean(), left[ok] - left[ok].mean()
+            return (x * y).sum() / (x * x).sum()
+
+        before, after = slope(p.data), slope(m.data)
+        assert after < before  # measured 0.191 -> 0.028, 0.208 -> 0.047, 0.425 -> 0.388
+        both = valid & np.isfinite(m.sigma) & np.isfinite(p.sigma)
+        # the exposure step adds its error (tested below); the per-frame step's term shrinks a bit
+        assert 0.99 < np.median(m.sigma[both] / p.sigma[both]) < 1.05
+
+
+@pytest.mark.skipif(not HAVE_SIM, reason="aspiics.simulate not available")
+def test_correct_banding_exposures_maps(tmp_path):
+    """The map step: variance added, CALSTEPS/HISTORY, and clear errors for wrong inputs."""
+    from aspiics.calibration import CalibrationSet
+    from aspiics.exceptions import HeaderError
+    from aspiics.map import ASPIICSMap
+
+    shape = (256, 256)
+    release = make_calibration_set(tmp_path, shape=shape, seed=2)
+    cal = CalibrationSet(release.path)
+    acq = simulate_acquisition("Wideband", (0.5, 5.0), shape=shape, calibration=release, seed=7)
+    msb = []
+    for fr in acq.frames:
+        m = ASPIICSMap(fr.data, fr.header)
+        m = m.subtract_bias(cal).correct_nonlinearity(cal).estimate_variance(cal)
+        msb.append(m.subtract_dark(cal).flat_field(cal).to_msb(cal))
+    out = correct_banding_exposures(msb, nseg=4)
+    for before, after in zip(msb, out, strict=True):
+        assert after.meta["calsteps"].endswith("msb,expbanding")
+        assert "aspiics L2 expbanding" in after.meta["history"]
+        vb, va = before.uncertainty.array, after.uncertainty.array
+        ok = np.isfinite(vb)
+        assert np.all(va[ok] >= vb[ok])
+        assert np.any(va[ok] > vb[ok])
+        removed = np.asarray(before.data) - np.asarray(after.data)
+        fin = np.isfinite(removed)
+        assert np.abs(removed[fin]).max() > 0
+        # one value per column and row parity
+        assert np.allclose(removed[0::2][:, :5][np.isfinite(removed[0::2][:, :5])].std(), 0, atol=1e-5)
+    with pytest.raises(ProcessingError, match="already|before 'banding'"):
+        correct_banding_exposures(out)
+    with pytest.raises(ProcessingError, match="at least two"):
+        correct_banding_exposures(msb[:1])
+    with pytest.raises(ProcessingError, match="calibrate_acquisition"):
+        correct_banding_exposures(
+            [m.calibrate(cal) for m in (ASPIICSMap(f.data, f.header) for f in acq.frames)]
+        )
+    other = ASPIICSMap(np.asarray(msb[1].data), msb[1].meta.copy(), uncertainty=msb[1].uncertainty)
+    other.meta["filter"] = "Fe XIV"
+    with pytest.raises(ProcessingError, match="mixed filters"):
+        correct_banding_exposures([msb[0], other])
+    notime = ASPIICSMap(np.asarray(msb[1].data), msb[1].meta.copy(), uncertainty=msb[1].uncertainty)
+    del notime.meta["exptime"]
+    with pytest.raises(HeaderError, match="EXPTIME"):
+        correct_banding_exposures([msb[0], notime])
+    # exposure times too close: unchanged, and HISTORY says why
+    same = correct_banding_exposures(msb, min_ratio=20)
+    np.testing.assert_array_equal(np.asarray(same[0].data), np.asarray(msb[0].data))
+    assert "expbanding: skipped" in same[0].meta["history"]
+    assert "expbanding" not in same[0].meta["calsteps"]

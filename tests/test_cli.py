@@ -305,3 +305,20 @@ def test_l2_on_dask_workers(tmp_path, capsys):
         a, b = ASPIICSMap.read(path), ASPIICSMap.read(parallel / path.name)
         np.testing.assert_array_equal(a.data, b.data)
         np.testing.assert_array_equal(a.sigma, b.sigma)
+
+
+def test_l2_exposure_banding_option(tmp_path, capsys):
+    """``aspiics l2`` calibrates each acquisition's exposures together (exposure-set banding step)."""
+    sim = tmp_path / "sim"
+    assert main(["simulate", str(sim), "--size", "256", "--exposures", "0.1", "1"]) == 0
+    common = ["--calibration", str(sim / "calibration")]
+    assert main(["l2", str(sim), *common, "--outdir", str(tmp_path / "set")]) == 0
+    assert main(["l2", str(sim), *common, "--outdir", str(tmp_path / "single"), "--no-exposure-banding"]) == 0
+    capsys.readouterr()
+    from aspiics import ASPIICSMap
+
+    for path in sorted((tmp_path / "set").glob("*.fits")):
+        together, alone = ASPIICSMap.read(path), ASPIICSMap.read(tmp_path / "single" / path.name)
+        assert "expbanding" in together.meta["calsteps"]
+        assert "expbanding" not in alone.meta["calsteps"]
+        assert not np.array_equal(np.asarray(together.data), np.asarray(alone.data), equal_nan=True)
