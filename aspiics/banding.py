@@ -7,8 +7,14 @@ depends on which parts of the sensor saturate. `correct_banding` removes them fr
 `estimate_banding_template` measures the static column pattern from a stack of frames, which
 `correct_banding` can then use instead of (or on top of) the per-frame estimate.
 
+`exposure_banding` (map wrapper `correct_banding_exposures`, the ``expbanding`` step of
+`aspiics.calibrate.calibrate_acquisition`) measures the column offsets that are constant in DN from
+the differences of the exposures of one acquisition, where the corona cancels: it sees the part of
+the pattern that is smooth over many columns, which no single-frame high-pass can separate from
+coronal structure.
+
 Everything here works on plain arrays (MSB images, NaN = missing, +Inf = saturated); the map
-method and the pipeline step are thin wrappers.
+method and the pipeline steps are thin wrappers.
 
 .. rubric:: When to use a template
 
@@ -998,7 +1004,9 @@ def correct_banding(
     ``block`` columns: for a white column pattern about ``1/block`` of it stays after stage 1 (slope
     of the residual on the injected pattern ≈ 0.2 at ``block=4``, 512 x 512, and ≈ 0.09 at
     ``block=8``, 2048 x 2048). Larger blocks do not help: they take coronal structure for banding.
-    Stage 2 (``polar``) removes most of the rest, using the fact that coronal structure is radial
+    For the exposures of one acquisition, `exposure_banding` measures the additive part of that
+    remainder exactly, from exposure differences (`aspiics.calibrate.calibrate_acquisition`).
+    For a single frame, stage 2 (``polar``) removes most of the rest on simple scenes, using the fact that coronal structure is radial
     while banding follows the columns:
 
     5. Polar stage, on the stage-1-corrected image: each usable pixel whose radius crosses columns

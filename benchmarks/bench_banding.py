@@ -11,6 +11,11 @@ per-column residual on the injected banding is printed too (1 = untouched).
 (``polar=True``), given the internal-occulter centre of the calibration set as ``center`` (as
 `calibrate()` passes it) or estimating it from the occulter.
 
+The exposure-set step (`aspiics.calibrate.calibrate_acquisition`, which adds
+`aspiics.banding.correct_banding_exposures` between the ``msb`` and ``banding`` steps) is timed on a
+Wideband 0.1/1/10 s acquisition, with the slope of every frame, once with the simulator's default
+banding and once without its gain (multiplicative) component, which exposure differences cannot see.
+
 Run: ``python benchmarks/bench_banding.py``. Targets (issue 5): correct_banding ≤ 1.0 s and
 ≤ 300 MB extra, calibrate() with banding ≤ 1.5 s per frame.
 """
@@ -22,10 +27,12 @@ import tracemalloc
 import numpy as np
 from scipy import ndimage
 
-from aspiics.banding import correct_banding, correct_banding_step
+from aspiics.banding import correct_banding, correct_banding_exposures, correct_banding_step
+from aspiics.calibrate import calibrate_acquisition
 from aspiics.calibration import CalibrationSet
 from aspiics.map import ASPIICSMap
 from aspiics.simulate import make_calibration_set, simulate_acquisition
+from aspiics.simulate.detector import BandingModel
 
 SHAPE = (2048, 2048)
 
@@ -122,5 +129,46 @@ def main():
     )
 
 
+def exposure_set(tmp, release, cal, banding, label):
+    """Slopes and timing of the exposure-set step on a Wideband 0.1/1/10 s acquisition."""
+    acq = simulate_acquisition(
+        "Wideband", (0.1, 1.0, 10.0), shape=SHAPE, calibration=release, seed=5, column_streamer=True,
+        banding=banding,
+    )  # fmt: skip
+    l1 = [ASPIICSMap(fr.data, fr.header) for fr in acq.frames]
+    per_frame = calibrate_acquisition(l1, cal, banding=True, exposure_banding=False)
+    together = calibrate_acquisition(l1, cal, banding=True)
+    print(f"exposure set ({label}): banding slope per frame, stage 1 alone -> with the exposure-set step")
+    for fr, a, b in zip(acq.frames, per_frame, together, strict=True):
+        valid = np.isfinite(np.asarray(b.data)) & np.isfinite(np.asarray(a.data))
+        valid &= ~fr.truth.hot & ~fr.truth.unusual
+        t = b.exposure_time.to_value("s")
+        print(f"  {t:5.1f} s: {slope(a.data, fr.truth, valid):.3f} -> {slope(b.data, fr.truth, valid):.3f}")
+    return l1
+
+
+def main_set():
+    with tempfile.TemporaryDirectory() as tmp:
+        release = make_calibration_set(tmp, shape=SHAPE, seed=2)
+        cal = CalibrationSet(release.path)
+        l1 = exposure_set(tmp, release, cal, True, "default banding model")
+        exposure_set(tmp, release, cal, BandingModel(column_gain_rms=0.0), "without the gain component")
+        t_frames = timed(lambda: [m.calibrate(cal, banding=True) for m in l1], repeat=2)
+        t_set = timed(calibrate_acquisition, l1, cal, banding=True, repeat=2)
+        msb = []
+        for m in l1:
+            m = m.subtract_bias(cal).correct_nonlinearity(cal).estimate_variance(cal)
+            msb.append(m.subtract_dark(cal).flat_field(cal).to_msb(cal))
+        t_step = timed(correct_banding_exposures, msb, repeat=2)
+        _, mem = measure(correct_banding_exposures, msb)
+    n = len(l1)
+    print(
+        f"calibrate, 3 x 2048x2048 with banding: per frame {t_frames / n:.3f} s/frame; as a set "
+        f"(calibrate_acquisition) {t_set / n:.3f} s/frame; the exposure-set step alone "
+        f"{t_step:.3f} s per set ({t_step / n:.3f} s/frame), peak traced memory {mem:.0f} MB"
+    )
+
+
 if __name__ == "__main__":
     main()
+    main_set()
