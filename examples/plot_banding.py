@@ -176,8 +176,8 @@ plt.show()
 # acquisition can: the column offsets are constant in DN, so ``A / t`` in MSB, while the corona is
 # the same in all of them, and the difference of two aligned exposures holds only the banding.
 # `~aspiics.calibrate.calibrate_acquisition` measures ``A`` that way (the ``expbanding`` step,
-# between ``msb`` and the per-frame ``banding`` step). Compare the three exposures calibrated one
-# by one and together.
+# between ``msb`` and the per-frame ``banding`` step), together with the column gain. Compare the
+# three exposures calibrated one by one and together.
 
 l1_all = [sunpy.map.Map(f.path) for f in acquisition.frames]
 alone = [m.calibrate(calibration, banding=True) for m in l1_all]
@@ -214,4 +214,6 @@ plt.show()
 # In the two short exposures the column offsets dominate the banding and the set calibration
 # removes them almost completely. In the 10 s exposure the banding in MSB is mostly the column
 # *gain* error (proportional to the signal), which is the same in MSB in every exposure and
-# cancels in the differences: its low-frequency part stays, as after the per-frame correction.
+# cancels in the differences; the set step measures it on the longest exposure from the radial
+# structure of the corona (`aspiics.banding.log_polar_gain`) instead, which removes most of it:
+# what stays is its part that is smooth over hundreds of columns.
