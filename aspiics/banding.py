@@ -77,6 +77,7 @@ __all__ = [
     "estimate_banding_template",
     "exposure_banding",
     "log_polar_gain",
+    "template_from_exposure_sets",
 ]
 
 log = logging.getLogger(__name__)
@@ -1297,6 +1298,67 @@ def estimate_banding_template(images, *, variances=None, masks=None, exposure_ti
     )
 
 
+def template_from_exposure_sets(results):
+    """
+    Static banding template from the exposure-set estimates of several acquisitions.
+
+    `exposure_banding` measures the additive column pattern at every spatial scale (in MSB s)
+    and the column gain of each acquisition; combining several acquisitions (of one filter, as the
+    MSB scale depends on it) gives a template that corrects *single* frames (one exposure, e.g.
+    a polarizer frame) at all scales too, through ``correct_banding(template=...)``
+    (``aspiics l2 --banding-template``). A template from `estimate_banding_template` only holds
+    the column-to-column part that a per-frame high-pass sees.
+
+    Parameters
+    ----------
+    results : sequence of `ExposureBandingResult`
+        Results of `exposure_banding` (for maps: run `exposure_banding` on the MSB arrays, or keep
+        the result of your own call), at least one, all of the same width.
+
+    Returns
+    -------
+    BandingTemplate
+        ``offset_unit`` is "MSB s"; the gain is the same for both row parities.
+
+    Raises
+    ------
+    aspiics.exceptions.ProcessingError
+        If no result has an estimate or the widths differ.
+
+    Notes
+    -----
+    Per column and parity, the offsets (and the gains, where estimated) are combined by an inverse-
+    variance weighted mean after rejecting acquisitions more than 4 standard errors from the
+    median (drifting columns); errors are inflated by the reduced chi-square where it exceeds 1.
+    """
+    results = [r for r in results if r.pairs]
+    if not results:
+        raise ProcessingError("template_from_exposure_sets: no exposure-set estimate (no usable pair) given.")
+    widths = {r.offset.shape[-1] for r in results}
+    if len(widths) > 1:
+        raise ProcessingError(f"template_from_exposure_sets: results of different widths {sorted(widths)}.")
+    offset, offset_err = _robust_combine(
+        np.array([r.offset for r in results]), np.array([r.offset_variance for r in results])
+    )
+    gains, gvars = [], []
+    for r in results:
+        if r.column_gain is not None:
+            gains.append(np.broadcast_to(r.column_gain, r.offset.shape))
+            gvars.append(np.broadcast_to(r.column_gain_variance, r.offset.shape))
+    if gains:
+        gain, gain_err = _robust_combine(np.array(gains), np.array(gvars))
+    else:
+        gain, gain_err = np.zeros_like(offset), np.zeros_like(offset)
+    return BandingTemplate(
+        offset=offset,
+        gain=gain,
+        offset_err=offset_err,
+        gain_err=gain_err,
+        nframes=len(results),
+        offset_unit="MSB s",
+    )
+
+
 def _robust_combine(x, v, k=4.0):
     """Inverse-variance mean over axis 0 with rejection around the median; zero-variance = unknown."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -1689,7 +1751,7 @@ def _combine_estimates(found):
     return a, va
 
 
-def correct_banding_exposures(maps, **params):
+def correct_banding_exposures(maps, *, return_result=False, **params):
     """
     Remove the additive column banding of an exposure set, at all spatial scales.
 
@@ -1707,6 +1769,9 @@ def correct_banding_exposures(maps, **params):
         Two or more maps in MSB of one filter and detector size (the 2-3 exposures of one
         acquisition) on which the calibration steps up to ``msb`` have run, as made by
         ``m.calibrate(cal, steps=...)``-style step functions (`aspiics.calibrate.to_msb` ...).
+    return_result : bool, optional
+        Also return the `ExposureBandingResult` (e.g. to build a template for single frames with
+        `template_from_exposure_sets`).
     **params
         Parameters of `exposure_banding`.
 
@@ -1715,6 +1780,7 @@ def correct_banding_exposures(maps, **params):
     list of `~aspiics.map.ASPIICSMap`
         New intermediate maps, in the input order. When no pair of exposures qualifies (exposure
         times within a factor ``min_ratio``), the maps are returned unchanged with a HISTORY line.
+        With ``return_result``, a tuple ``(maps, result)``.
 
     Raises
     ------
@@ -1832,7 +1898,7 @@ def correct_banding_exposures(maps, **params):
         steps = [s for s in str(meta.get("calsteps", "") or "").split(",") if s]
         meta["calsteps"] = ",".join([*steps, "expbanding"])
         out.append(type(m)(res.corrected[k], meta, uncertainty=unc, mask=m.mask))
-    return out
+    return (out, res) if return_result else out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1294,7 +1294,8 @@ def calibrate_acquisition(
         As in `calibrate_map`.
     exposure_banding : bool, optional
         Run the ``expbanding`` step. Default: when the per-frame banding correction is on
-        (``banding=True`` or a function) and there are at least two exposures.
+        (``banding=True`` or a function), without a banding template (which holds the same
+        static pattern), and there are at least two exposures.
     exposure_options : dict, optional
         Parameters of `aspiics.banding.exposure_banding`.
     **options
@@ -1310,7 +1311,8 @@ def calibrate_acquisition(
     ------
     aspiics.exceptions.ProcessingError
         As `calibrate_map` and `aspiics.banding.correct_banding_exposures` (mixed filters or
-        shapes, frames that cannot be aligned).
+        shapes, frames that cannot be aligned); ``exposure_banding=True`` together with a
+        banding template.
 
     Examples
     --------
@@ -1319,9 +1321,18 @@ def calibrate_acquisition(
     """
     maps = list(maps)
     steps = _check_steps(steps)
+    template = (options.get("banding_options") or {}).get("template")
+    if exposure_banding and template is not None:
+        raise ProcessingError(
+            "calibrate_acquisition: a banding template already holds the static column pattern; "
+            "use either the template or exposure_banding=True, not both (it would be removed twice)"
+        )
     if exposure_banding is None:
         func = options.get("banding")
         exposure_banding = func is not None and func is not False and "banding" in steps
+        if exposure_banding and template is not None:
+            log.info("calibrate_acquisition: banding template given; the exposure-set step is skipped")
+            exposure_banding = False
     if not exposure_banding or len(maps) < 2:
         return [calibrate_map(m, calibration, steps=steps, filter=filter, **options) for m in maps]
     from aspiics.banding import correct_banding_exposures

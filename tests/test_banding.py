@@ -13,6 +13,7 @@ from aspiics.banding import (
     estimate_banding_template,
     exposure_banding,
     log_polar_gain,
+    template_from_exposure_sets,
 )
 from aspiics.exceptions import InputFileError, ProcessingError
 
@@ -737,7 +738,8 @@ def test_correct_banding_exposures_maps(tmp_path):
         m = ASPIICSMap(fr.data, fr.header)
         m = m.subtract_bias(cal).correct_nonlinearity(cal).estimate_variance(cal)
         msb.append(m.subtract_dark(cal).flat_field(cal).to_msb(cal))
-    out = correct_banding_exposures(msb, nseg=4)
+    out, res = correct_banding_exposures(msb, nseg=4, return_result=True)
+    assert res.pairs[0][:2] == (0, 1)
     for before, after in zip(msb, out, strict=True):
         assert after.meta["calsteps"].endswith("msb,expbanding")
         assert "aspiics L2 expbanding" in after.meta["history"]
@@ -820,3 +822,48 @@ def test_exposure_banding_column_gain():
         assert abs(banding_slope(f, final[k].corrected)) <= abs(banding_slope(f, final0[k].corrected)) + 0.005
         assert streamer_contrast(final[k].corrected, f) >= 0.98 * streamer_contrast(f.truth, f)
     assert banding_slope(frames[1], final[1].corrected) < 0.7 * banding_slope(frames[1], final0[1].corrected)
+
+
+def test_template_from_exposure_sets_corrects_single_frames(tmp_path):
+    """
+    A template from the exposure-set estimates of 3 acquisitions holds the additive pattern at all
+    scales: a single frame of a 4th acquisition corrected with it reaches the slope target
+    (stage 1 alone: 0.10).
+    """
+    results = [run_set(make_set(seed=seed, gain_amp=0.0))[0] for seed in (11, 12, 13)]
+    tpl = template_from_exposure_sets(results)
+    assert tpl.offset_unit == "MSB s"
+    assert tpl.nframes == 3
+    tpl.save(tmp_path / "tpl.fits")
+    tpl = BandingTemplate.load(tmp_path / "tpl.fits")
+    target = make_set(seed=20, gain_amp=0.0)
+    assert np.corrcoef(tpl.offset.ravel(), (target[0].col_offset * 0.5).ravel())[0, 1] > 0.99  # 0.9985
+    for f, t in zip(target, (0.5, 5.0), strict=True):
+        var = np.full_like(f.data, f.sigma**2)
+        alone = correct_banding(f.data, variance=var, **P512)
+        fixed = correct_banding(f.data, variance=var, template=tpl, exposure_time=t, **P512)
+        assert banding_slope(f, alone.corrected) > 0.08  # measured 0.103 / 0.105
+        assert abs(banding_slope(f, fixed.corrected)) <= 0.02  # measured 0.002 / -0.009
+    with pytest.raises(ProcessingError, match="no exposure-set estimate"):
+        template_from_exposure_sets([exposure_banding([target[0].data] * 2, [1.0, 1.0])])
+
+
+def test_calibrate_acquisition_with_template(tmp_path, caplog):
+    """A banding template and the exposure-set step hold the same pattern: never both."""
+    from aspiics.calibrate import calibrate_acquisition
+    from aspiics.calibration import CalibrationSet
+    from aspiics.map import ASPIICSMap
+
+    shape = (128, 128)
+    release = make_calibration_set(tmp_path, shape=shape, seed=2)
+    cal = CalibrationSet(release.path)
+    acq = simulate_acquisition("Wideband", (0.5, 5.0), shape=shape, calibration=release, seed=3)
+    l1 = [ASPIICSMap(fr.data, fr.header) for fr in acq.frames]
+    tpl = BandingTemplate(*(np.zeros((2, 128)) for _ in range(4)), nframes=1, offset_unit="MSB s")
+    opts = {"banding": True, "banding_options": {"template": tpl, "block": 4}}
+    with caplog.at_level("INFO", logger="aspiics.calibrate"):
+        out = calibrate_acquisition(l1, cal, **opts)
+    assert "exposure-set step is skipped" in caplog.text
+    assert all("expbanding" not in m.meta["calsteps"] for m in out)
+    with pytest.raises(ProcessingError, match="not both"):
+        calibrate_acquisition(l1, cal, exposure_banding=True, **opts)
