@@ -1391,6 +1391,7 @@ EXPOSURE_PARAMS = {
     "column_gain": True,
     "gain_window": None,
     "gain_cmin": 0.1,
+    "gain_iterations": 1,
 }
 
 
@@ -1566,9 +1567,10 @@ def exposure_banding(
         parameters ``nseg``, ``k_pix``, ``k_init``, ``k_seg``, ``dilate`` and ``sat_dilate``
         have the meaning and defaults of `correct_banding`. ``column_gain`` (True): also measure
         the multiplicative column gain on the longest exposure with `log_polar_gain` (``window`` =
-        ``gain_window``, default ``nx / 16``; ``cmin`` = ``gain_cmin``, 0.1) and remove it from
-        every frame: the gain is a property of the detector columns, the same in every exposure,
-        and best measured where the signal is highest.
+        ``gain_window``, default ``nx / 16``; ``cmin`` = ``gain_cmin``, 0.1; ``iterations`` =
+        ``gain_iterations``, 1) and remove it from every frame: the gain is a property of the
+        detector columns, the same in every exposure, and best measured where the signal is
+        highest.
 
     Returns
     -------
@@ -1688,7 +1690,9 @@ def exposure_banding(
     elif p["column_gain"]:
         longest = int(np.argmax(times))
         _, work, var, _ = _prepare(corrected[longest], variances[longest], masks[longest], p)
-        gain, gain_var = log_polar_gain(work, var, center, window=p["gain_window"], cmin=p["gain_cmin"])
+        gain, gain_var = log_polar_gain(
+            work, var, center, window=p["gain_window"], cmin=p["gain_cmin"], iterations=p["gain_iterations"]
+        )
         scale = (1.0 / (1.0 + gain)).astype(np.float32)[None, :]
         corrected = [np.where(np.isfinite(c), c * scale, c) for c in corrected]
     rec = {k: p[k] for k in (*EXPOSURE_PARAMS, "nseg", "k_pix", "k_seg", "gain_prior", "k_gain")}
@@ -1922,7 +1926,7 @@ def _solve_sym3(a00, a01, a02, a11, a12, a22, b0, b1, b2):
 
 def log_polar_gain(
     data, variance, center, *, valid=None, window=None, cmin=0.1, snr_min=10.0, k_clip=4.0,
-    min_count=16, ring=None,
+    min_count=16, ring=None, iterations=1,
 ):  # fmt: skip
     """
     Multiplicative column gain of one bright frame, at all column scales, from its radial structure.
@@ -1957,6 +1961,11 @@ def log_polar_gain(
         Width (pixels) of the rings of a radial term fitted jointly with the column gain (it
         absorbs the radially symmetric part of the fit error: the steep inner corona, the
         vignetting); default ``4 * nx / 2048``.
+    iterations : int, optional
+        Richardson iterations: the radial model is refitted to ``log(data)`` minus the current
+        gain estimate, so that it no longer absorbs the part of the gain it averaged. Raises the
+        fraction of the gain recovered (0.94 -> ~0.97) but amplifies the leak of coronal structure
+        2-4 times: worth it only when estimates of many acquisitions are averaged (templates).
 
     Returns
     -------
@@ -2051,46 +2060,50 @@ def log_polar_gain(
 
     mom = [centred(raw, k) for k in range(5)]
     del raw
-    rhs_raw = [window_sum(weight * logd * powers[m]) for m in range(3)]
-    rhs = [centred(rhs_raw, k) for k in range(3)]
-    del rhs_raw, powers
-    c0, c1, c2q, det = _solve_sym3(mom[0], mom[1], mom[2], mom[2], mom[3], mom[4], *rhs)
-    good = (count >= min_count) & (det > 1e-9 * mom[0] ** 3)
-    c0 = np.where(good, c0, np.nan).ravel()
-    c1, c2q = c1.ravel(), c2q.ravel()
-    del mom, rhs, det, good, count
+    good = count >= min_count
     u = tt - (irad + 0.5) / half  # offset from the cell centre, in half-windows
     other = ((ith + np.where(frac >= 0, 1, -1)) % nth) * nr + irad
     afr = np.abs(frac)
-    f0 = c0[cell] + u * (c1[cell] + u * c2q[cell])
-    f1 = c0[other] + u * (c1[other] + u * c2q[other])
-    with np.errstate(invalid="ignore"):
-        model = np.where(np.isfinite(f1), (1 - afr) * f0 + afr * f1, f0)
-    res = logd - model
-    del f0, f1, model, u, other, afr, frac, tt, t, logd
-    ok = np.isfinite(res)
-    res = np.where(ok, res, 0.0)
+    del frac, tt, t, count
     sig = 1.0 / np.sqrt(weight)
     jr = ((r - rmin) / ring).astype(np.intp)
     nrb = int(jr.max()) + 1
     col = np.zeros(nx)
-    rad = np.zeros(nrb)
-    for kk in (3 * k_clip, k_clip):
-        sel = ok & (np.abs(res - col[ix] - rad[jr]) < kk * sig)
-        wsel = np.where(sel, weight, 0.0)
-        tw = np.bincount(ix, wsel, minlength=nx)
-        twr = np.bincount(jr, wsel, minlength=nrb)
-        n = np.bincount(ix[sel], minlength=nx)
-        for _ in range(4):  # alternate the column and ring terms
+    for _ in range(max(1, int(iterations))):
+        # radial model of log(data) without the current gain estimate (Richardson iteration)
+        target = logd - col[ix]
+        rhs_raw = [window_sum(weight * target * powers[m]) for m in range(3)]
+        rhs = [centred(rhs_raw, k) for k in range(3)]
+        del rhs_raw, target
+        c0, c1, c2q, det = _solve_sym3(mom[0], mom[1], mom[2], mom[2], mom[3], mom[4], *rhs)
+        c0 = np.where(good & (det > 1e-9 * mom[0] ** 3), c0, np.nan).ravel()
+        c1, c2q = c1.ravel(), c2q.ravel()
+        del rhs, det
+        f0 = c0[cell] + u * (c1[cell] + u * c2q[cell])
+        f1 = c0[other] + u * (c1[other] + u * c2q[other])
+        with np.errstate(invalid="ignore"):
+            res = logd - np.where(np.isfinite(f1), (1 - afr) * f0 + afr * f1, f0)
+        del f0, f1
+        ok = np.isfinite(res)
+        res = np.where(ok, res, 0.0)
+        col = np.zeros(nx)
+        rad = np.zeros(nrb)
+        for kk in (3 * k_clip, k_clip):
+            sel = ok & (np.abs(res - col[ix] - rad[jr]) < kk * sig)
+            wsel = np.where(sel, weight, 0.0)
+            tw = np.bincount(ix, wsel, minlength=nx)
+            twr = np.bincount(jr, wsel, minlength=nrb)
+            n = np.bincount(ix[sel], minlength=nx)
+            for _ in range(4):  # alternate the column and ring terms
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    col = np.where(tw > 0, np.bincount(ix, wsel * (res - rad[jr]), minlength=nx) / tw, 0.0)
+                    rad = np.where(twr > 0, np.bincount(jr, wsel * (res - col[ix]), minlength=nrb) / twr, 0.0)
             with np.errstate(invalid="ignore", divide="ignore"):
                 col = np.where(tw > 0, np.bincount(ix, wsel * (res - rad[jr]), minlength=nx) / tw, 0.0)
-                rad = np.where(twr > 0, np.bincount(jr, wsel * (res - col[ix]), minlength=nrb) / twr, 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            col = np.where(tw > 0, np.bincount(ix, wsel * (res - rad[jr]), minlength=nx) / tw, 0.0)
-    known = n >= min_count
-    if known.any():
-        col[known] -= col[known].mean()
-    col[~known] = 0.0
+        known = n >= min_count
+        if known.any():
+            col[known] -= col[known].mean()
+        col[~known] = 0.0
     gain = np.expm1(col)
     gvar = np.where(known, (1 + gain) ** 2 / np.where(tw > 0, tw, 1.0), 0.0)
     return gain, gvar

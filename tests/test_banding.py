@@ -794,6 +794,10 @@ def test_log_polar_gain_recovers_column_gain():
     truth = g[known] - g[known].mean()
     assert np.corrcoef(est[known], truth)[0, 1] > 0.9  # measured 0.937
     assert np.std(est[known] - truth) < 0.45 * np.std(g)  # measured 0.36
+    # Richardson iterations recover more of the gain (transfer 0.79 -> 0.82 here)
+    est3, _ = log_polar_gain(data, var, center, iterations=3)
+    transfer = [np.polyfit(truth, e[known], 1)[0] for e in (est, est3)]
+    assert transfer[1] > transfer[0]
     # no gain: what is found is small (scene leak and noise)
     est0, v0 = log_polar_gain(*_gain_scene(np.zeros(1024)))
     assert np.std(est0[v0 > 0]) < 0.1 * np.std(g)  # measured 0.034
