@@ -52,6 +52,11 @@ banding RMS): at 2048 x 2048, a 0.1 s frame (29 % valid pixels) gives 0.40 per f
 the template, a 1 s frame 0.21 and 0.19; at 256 x 256 (``block=4``), a 0.1 s frame gives 1.66 per
 frame (worse than no correction: ~40 valid rows per column and parity) and 0.50 with the template.
 For well-exposed full frames the per-frame estimate alone is as good.
+
+Such a template holds only what the per-frame high-pass sees (the column-to-column part). A
+template from exposure sets, `template_from_exposure_sets`, holds the offsets at all spatial
+scales and the column gain: it brings single simulated 0.1 s and 1 s Wideband frames from a
+banding slope of 0.125 to 0.000 (``benchmarks/accuracy_banding_template.py``).
 """
 
 import dataclasses
