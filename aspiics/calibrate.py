@@ -893,12 +893,12 @@ def _check_order(step, done, filename):
         )
 
 
-def _check_steps(steps, *, sets=False):
+def _check_steps(steps):
     steps = list(steps)
     unknown = [s for s in steps if s not in ALL_STEPS]
     if unknown:
         raise ProcessingError(f"unknown calibration step(s) {unknown}; the steps are {', '.join(ALL_STEPS)}")
-    if not sets and any(s in SET_STEPS for s in steps):
+    if any(s in SET_STEPS for s in steps):
         raise ProcessingError(
             f"step(s) {[s for s in steps if s in SET_STEPS]} work on the exposures of one acquisition "
             "together: use aspiics.calibrate.calibrate_acquisition(maps, calibration)"
@@ -1340,12 +1340,10 @@ def calibrate_acquisition(
     cut = ALL_STEPS.index("expbanding")
     before = [s for s in steps if ALL_STEPS.index(s) < cut]
     after = [s for s in steps if ALL_STEPS.index(s) > cut]
-    intermediate = []
-    for m in maps:
-        ctx, assumed = _prepare(m, calibration, filter, options)
-        st = _state_from_map(m)
-        _run(m, [s for s in before if s not in st.done], ctx, st)
-        intermediate.append(_intermediate_map(m, ctx, st, assumed, filter))
+    intermediate = [
+        _steps_map([s for s in before if s not in _done_steps(m.meta)], m, calibration, filter, options)
+        for m in maps
+    ]
     intermediate = correct_banding_exposures(intermediate, **(exposure_options or {}))
     return [calibrate_map(m, calibration, steps=after, filter=filter, **options) for m in intermediate]
 
@@ -1371,10 +1369,11 @@ def finalize_map(m, calibration=None, *, filter=None):
     return calibrate_map(m, calibration, steps=(), filter=filter)
 
 
-def _step_map(step, m, calibration, filter, options):
+def _steps_map(steps, m, calibration, filter, options):
+    """Run ``steps`` on a map and return the intermediate (not finalised) map."""
     ctx, assumed = _prepare(m, calibration, filter, options)
     st = _state_from_map(m)
-    _run(m, [step], ctx, st)
+    _run(m, list(steps), ctx, st)
     return _intermediate_map(m, ctx, st, assumed, filter)
 
 
@@ -1407,39 +1406,39 @@ def _make_step_doc(step, what):
 
 
 def subtract_bias_map(m, calibration=None, *, filter=None, **options):
-    return _step_map("bias", m, calibration, filter, options)
+    return _steps_map(("bias",), m, calibration, filter, options)
 
 
 def correct_nonlinearity_map(m, calibration=None, *, filter=None, **options):
-    return _step_map("nonlin", m, calibration, filter, options)
+    return _steps_map(("nonlin",), m, calibration, filter, options)
 
 
 def estimate_variance_map(m, calibration=None, *, filter=None, **options):
-    return _step_map("variance", m, calibration, filter, options)
+    return _steps_map(("variance",), m, calibration, filter, options)
 
 
 def subtract_dark_map(m, calibration=None, *, filter=None, **options):
-    return _step_map("dark", m, calibration, filter, options)
+    return _steps_map(("dark",), m, calibration, filter, options)
 
 
 def flat_field_map(m, calibration=None, *, filter=None, **options):
-    return _step_map("flat", m, calibration, filter, options)
+    return _steps_map(("flat",), m, calibration, filter, options)
 
 
 def to_msb_map(m, calibration=None, *, filter=None, **options):
-    return _step_map("msb", m, calibration, filter, options)
+    return _steps_map(("msb",), m, calibration, filter, options)
 
 
 def apply_banding_map(m, calibration=None, *, filter=None, **options):
-    return _step_map("banding", m, calibration, filter, options)
+    return _steps_map(("banding",), m, calibration, filter, options)
 
 
 def replace_bad_pixels_map(m, calibration=None, *, filter=None, **options):
-    return _step_map("badpix", m, calibration, filter, options)
+    return _steps_map(("badpix",), m, calibration, filter, options)
 
 
 def correct_vignetting_map(m, calibration=None, *, filter=None, **options):
-    return _step_map("vignetting", m, calibration, filter, options)
+    return _steps_map(("vignetting",), m, calibration, filter, options)
 
 
 for _f, _step, _what in (

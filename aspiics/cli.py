@@ -138,11 +138,7 @@ def _run_batch(files, work, *, desc):
                 _out(written)
         except (AspiicsError, OSError) as err:
             failed += 1
-            _error(
-                f"{path}: {str(err).splitlines()[0]}"
-                if str(path) not in str(err)
-                else str(err).splitlines()[0]
-            )
+            _error(_one_line(err, path))
     if failed:
         _error(f"{failed} of {len(files)} inputs failed")
         return 1
@@ -202,22 +198,15 @@ def _calibrate_group(paths, calibration, outdir, overwrite, options, exposures=T
 
 
 def _one_line(err, path):
+    """The first line of an error message, naming ``path`` if it does not already."""
     message = str(err).splitlines()[0] if str(err) else type(err).__name__
     return message if str(path) in message else f"{path}: {message}"
 
 
 def _acquisition_groups(files):
     """L1 files grouped by acquisition (files with unparsable names form groups of their own)."""
-    from aspiics.io import parse_filename
-
-    groups = {}
-    for path in files:
-        try:
-            key = parse_filename(path).acquisition_id
-        except AspiicsError:
-            key = f"file:{path}"
-        groups.setdefault(key, []).append(path)
-    return [groups[k] for k in sorted(groups)]
+    groups, unparsable = _groups_by(files, lambda f: f.acquisition_id)
+    return [groups[k] for k in sorted(groups)] + [[path] for path, _ in unparsable]
 
 
 def _report_groups(results, nfiles):

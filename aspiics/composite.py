@@ -651,6 +651,18 @@ def _check_inputs(maps):
         if level == 1 or np.issubdtype(np.asarray(m.data).dtype, np.integer):
             raise ProcessingError(f"{label}: level-1 (DN) frame; calibrate it to level 2 first (aspiics l2)")
         _check_wcs_keys(m, label)
+    times, info = _check_set(maps, labels, verb="merged", advice="Merge each filter separately.")
+    order = np.argsort(times, kind="stable")
+    return [maps[i] for i in order], [times[i] for i in order], info
+
+
+def _check_set(maps, labels, *, verb, advice):
+    """
+    Check that the frames of an exposure set share their filter and shape and have EXPTIME.
+
+    Returns the exposure times (input order) and the common `~aspiics.constants.FilterInfo`;
+    ``verb`` and ``advice`` complete the error messages ("... cannot be {verb}", "{advice}").
+    """
     filters = []
     for m, label in zip(maps, labels, strict=True):
         info = getattr(m, "filter", None)
@@ -660,11 +672,11 @@ def _check_inputs(maps):
     names = {f.name for f in filters}
     if len(names) > 1:
         listing = ", ".join(f"{lb} ({f.name})" for lb, f in zip(labels, filters, strict=True))
-        raise ProcessingError(f"mixed filters in one exposure set: {listing}. Merge each filter separately.")
+        raise ProcessingError(f"mixed filters in one exposure set: {listing}. {advice}")
     shapes = {m.data.shape for m in maps}
     if len(shapes) > 1:
         listing = ", ".join(f"{lb} {m.data.shape}" for lb, m in zip(labels, maps, strict=True))
-        raise ProcessingError(f"frames of different shapes cannot be merged: {listing}")
+        raise ProcessingError(f"frames of different shapes cannot be {verb}: {listing}")
     times = []
     for m, label in zip(maps, labels, strict=True):
         t = m.meta.get("exptime")
@@ -675,8 +687,7 @@ def _check_inputs(maps):
         if not t > 0:
             raise HeaderError(f"{label}: EXPTIME is missing or not positive ({m.meta.get('exptime')!r})")
         times.append(t)
-    order = np.argsort(times, kind="stable")
-    return [maps[i] for i in order], [times[i] for i in order], filters[0]
+    return times, filters[0]
 
 
 def _drop_empty(maps, times):
