@@ -2070,8 +2070,10 @@ def log_polar_gain(
         rhs = [centred(rhs_raw, k) for k in range(3)]
         del rhs_raw, target
         c0, c1, c2q, det = _solve_sym3(mom[0], mom[1], mom[2], mom[2], mom[3], mom[4], *rhs)
-        c0 = np.where(good & (det > 1e-9 * mom[0] ** 3), c0, np.nan).ravel()
-        c1, c2q = c1.ravel(), c2q.ravel()
+        solved = (good & (det > 1e-9 * mom[0] ** 3)).ravel()
+        # unsolved cells: NaN model (those pixels are not used), without inf - inf in the sums below
+        c0 = np.where(solved, c0.ravel(), np.nan)
+        c1, c2q = np.where(solved, c1.ravel(), 0.0), np.where(solved, c2q.ravel(), 0.0)
         del rhs, det
         f0 = c0[cell] + u * (c1[cell] + u * c2q[cell])
         f1 = c0[other] + u * (c1[other] + u * c2q[other])
