@@ -1419,7 +1419,8 @@ class ExposureBandingResult:
     column_gain, column_gain_variance : `numpy.ndarray`
         The relative column gain ``G`` (shape ``(nx,)``, same for both row parities) measured on the
         longest exposure by `log_polar_gain` and removed from every frame (``/ (1 + G)``), and its
-        variance; None when not estimated (no ``center`` or ``column_gain=False``).
+        variance; None when not estimated (no ``center``, ``column_gain=False``, or no pair of
+        exposures: then nothing at all is corrected).
     pairs : list of tuple
         ``(i, j, n)`` for every pair of frames used: the shorter and the longer exposure (indices
         into the input) and the number of difference pixels that entered the fit.
@@ -1610,7 +1611,9 @@ def exposure_banding(
     ``n_pairs / (n_frames - 1)``, as every frame enters several pairs) and the mean over the columns
     and both parities is removed: a uniform offset is not banding. Frame ``k`` is corrected by
     ``A / t_k``. Then, with ``column_gain`` and ``center``, the gain ``G`` is measured on the
-    longest corrected exposure by `log_polar_gain` and every frame is divided by ``1 + G``.
+    longest corrected exposure by `log_polar_gain` and every frame is divided by ``1 + G``. When
+    no pair qualifies, nothing is corrected (not even the gain, whose fit assumes the additive
+    pattern removed), as in the map step `correct_banding_exposures`.
 
     Measured on simulated Wideband 0.1/1/10 s acquisitions at 2048 x 2048
     (``benchmarks/bench_banding.py``): the common pattern has a regression slope of 0.996 on the
@@ -1638,7 +1641,9 @@ def exposure_banding(
 
     pairs = _exposure_pairs(times, p)
     if not pairs:
-        log.info("exposure_banding: no two exposures differ by a factor >= %g", p["min_ratio"])
+        log.info(
+            "exposure_banding: no two exposures differ by a factor >= %g; nothing corrected", p["min_ratio"]
+        )
     prepared = {}
     for i in sorted({k for pair in pairs for k in pair}):
         _, work, var, _ = _prepare(images[i], variances[i], masks[i], p)
@@ -1695,9 +1700,10 @@ def exposure_banding(
         img = images[k]
         corrected.append(np.where(np.isfinite(img), img - _expand(a.astype(np.float32), shape[0]), img))
     gain = gain_var = None
-    if p["column_gain"] and center is None:
+    fit_gain = p["column_gain"] and bool(pairs)  # the gain fit needs the offsets removed first
+    if fit_gain and center is None:
         log.info("exposure_banding: no Sun centre given; the column gain is not estimated")
-    elif p["column_gain"]:
+    elif fit_gain:
         longest = int(np.argmax(times))
         _, work, var, _ = _prepare(corrected[longest], variances[longest], masks[longest], p)
         gain, gain_var = log_polar_gain(

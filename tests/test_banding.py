@@ -671,10 +671,13 @@ def test_exposure_set_errors(caplog):
     with pytest.raises(ProcessingError, match="min_ratio"):
         exposure_banding(imgs, [1.0, 10.0], pairs="some")
     with caplog.at_level("INFO", logger="aspiics.banding"):
-        res = exposure_banding(imgs, [1.0, 1.2])  # too close in exposure time: nothing to do
+        # too close in exposure time: nothing to do, not even the gain (as the map step)
+        res = exposure_banding(imgs, [1.0, 1.2], center=(64.0, 64.0))
     assert "no two exposures differ" in caplog.text
     assert res.pairs == []
-    np.testing.assert_array_equal(res.corrected[0], imgs[0])
+    assert res.column_gain is None
+    for got, img in zip(res.corrected, imgs, strict=True):
+        np.testing.assert_array_equal(got, img)
     assert "pairs none" in res.history()
 
 
