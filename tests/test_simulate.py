@@ -415,6 +415,17 @@ def test_banding_model_drift_depends_on_date():
     assert not np.allclose(c1["static"][0], c1["static"][1])
 
 
+def test_banding_model_column_gain_is_the_injected_one():
+    m = BandingModel()
+    sig = np.full(SHAPE, 1000.0, np.float32)
+    comp = m.components(SHAPE, Time("2025-08-12T00:00:00"), sig, np.zeros(SHAPE[0]))
+    g = m.column_gain(SHAPE[1])
+    assert g.shape == (SHAPE[1],)
+    assert g.dtype == np.float32
+    np.testing.assert_allclose(comp["gain"][5], 1000.0 * g, rtol=1e-6)
+    assert np.std(g) == pytest.approx(m.column_gain_rms, rel=0.2)
+
+
 def test_corona_model_profiles():
     cm = CoronaModel(seed=0, ray_amplitude=0, hole_depth=0, n_streamers=0, f_corona=False)
     r = np.array([1.1, 2.0, 3.0], np.float32)

@@ -147,6 +147,38 @@ class BandingModel:
     row_amplitude_dn: float = 8.0
     row_smooth_px: float = 24.0
 
+    def _draws(self, nx):
+        """The random draws of the static pattern for ``nx`` columns (always in the same order)."""
+        rng = np.random.default_rng(np.random.SeedSequence([int(self.seed), nx, 0xBA4D]))
+        static = rng.normal(0.0, self.static_rms_dn, nx).astype(np.float32)
+        eo = rng.normal(0.0, self.even_odd_rms_dn, nx).astype(np.float32)
+        n_drift = max(1, round(self.n_drifting * nx / DETECTOR_SHAPE[1])) if self.n_drifting else 0
+        cols = np.zeros(0, dtype=int)
+        periods = phases = amps = np.zeros(0)
+        if n_drift:
+            cols = rng.choice(nx, n_drift, replace=False)
+            periods = rng.uniform(*self.drift_period_days, n_drift)
+            phases = rng.uniform(0, 2 * np.pi, n_drift)
+            amps = self.drift_amplitude_dn * rng.uniform(0.5, 1.0, n_drift)
+        g_col = rng.normal(0.0, self.column_gain_rms, nx).astype(np.float32)
+        return static, eo, cols, periods, phases, amps, g_col
+
+    def column_gain(self, nx):
+        """
+        The relative column gain ``g_col`` of the gain component (``gain = g_col × signal``).
+
+        Parameters
+        ----------
+        nx : int
+            Number of detector columns of the frames.
+
+        Returns
+        -------
+        `numpy.ndarray`
+            float32, shape ``(nx,)``: the same draw `components` uses for frames ``nx`` wide.
+        """
+        return self._draws(int(nx))[-1]
+
     def components(self, shape, date, signal_dn, saturated_rows):
         """
         The banding components of one frame.
@@ -170,22 +202,14 @@ class BandingModel:
             views).
         """
         ny, nx = shape
-        rng = np.random.default_rng(np.random.SeedSequence([int(self.seed), nx, 0xBA4D]))
-        static = rng.normal(0.0, self.static_rms_dn, nx).astype(np.float32)
-        eo = rng.normal(0.0, self.even_odd_rms_dn, nx).astype(np.float32)
+        static, eo, cols, periods, phases, amps, g_col = self._draws(nx)
         st = np.empty(shape, dtype=np.float32)
         st[0::2] = static + eo
         st[1::2] = static - eo
-        n_drift = max(1, round(self.n_drifting * nx / DETECTOR_SHAPE[1])) if self.n_drifting else 0
         drift = np.zeros(nx, dtype=np.float32)
-        if n_drift:
-            cols = rng.choice(nx, n_drift, replace=False)
-            periods = rng.uniform(*self.drift_period_days, n_drift)
-            phases = rng.uniform(0, 2 * np.pi, n_drift)
-            amps = self.drift_amplitude_dn * rng.uniform(0.5, 1.0, n_drift)
+        if cols.size:
             days = (date - Time("2025-01-01T00:00:00", scale="utc")).to_value(u.day)
             drift[cols] = amps * np.sin(2 * np.pi * days / periods + phases)
-        g_col = rng.normal(0.0, self.column_gain_rms, nx).astype(np.float32)
         gain = signal_dn * g_col[np.newaxis, :]
         sigma = max(1.0, self.row_smooth_px * ny / DETECTOR_SHAPE[0])
         row = self.row_amplitude_dn * gaussian_filter1d(
