@@ -1995,6 +1995,12 @@ def log_polar_gain(
     0.37-0.39 to 0.06-0.07; applied to the 1 s exposure of the same acquisition, 0.04 -> 0.005. On
     banding-free 10 s frames the removed gain has an RMS of 0.15-0.18 of the simulator's gain
     RMS (0.06-0.09 of the median pixel σ). About 0.6 s per 2048 x 2048 frame.
+
+    The fraction of the gain recovered depends on the column: 0.65-0.75 at 50-70 columns from the
+    Sun-centre column, 0.83-0.94 at 70-250, 0.91-0.99 beyond (the fit absorbs the gain of the few
+    columns a window crosses). The ~105 columns around the centre get no estimate; with the exact
+    gain everywhere else they alone leave a banding slope of 0.019-0.025 on a 10 s frame
+    (``benchmarks/limits_banding_gain.py``).
     """
     data = np.asarray(data)
     var = np.asarray(variance)

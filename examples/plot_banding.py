@@ -215,5 +215,6 @@ plt.show()
 # removes them almost completely. In the 10 s exposure the banding in MSB is mostly the column
 # *gain* error (proportional to the signal), which is the same in MSB in every exposure and
 # cancels in the differences; the set step measures it on the longest exposure from the radial
-# structure of the corona (`aspiics.banding.log_polar_gain`) instead, which removes most of it:
-# what stays is its part that is smooth over hundreds of columns.
+# structure of the corona (`aspiics.banding.log_polar_gain`) instead, which removes most of it.
+# What stays is mostly the gain of the ~100 columns around the Sun centre, along which the radii
+# run, so that no radial fit can see it (see the calibration guide, "Exposure sets").
