@@ -55,8 +55,9 @@ For well-exposed full frames the per-frame estimate alone is as good.
 
 Such a template holds only what the per-frame high-pass sees (the column-to-column part). A
 template from exposure sets, `template_from_exposure_sets`, holds the offsets at all spatial
-scales and the column gain: it brings single simulated 0.1 s and 1 s Wideband frames from a
-banding slope of 0.125 to 0.000 (``benchmarks/accuracy_banding_template.py``).
+scales and the column gain: it brings single simulated 0.1, 1 and 10 s Wideband frames from a
+banding slope of 0.125 / 0.128 / 0.428 to -0.003 / -0.006 / 0.010
+(``benchmarks/accuracy_banding_template.py``, template from 6 acquisitions).
 """
 
 import dataclasses
@@ -1395,8 +1396,7 @@ EXPOSURE_PARAMS = {
     "order": 3,
     "column_gain": True,
     "gain_window": None,
-    "gain_cmin": 0.1,
-    "gain_iterations": 1,
+    "gain_cmin": 0.03,
 }
 
 
@@ -1572,10 +1572,9 @@ def exposure_banding(
         parameters ``nseg``, ``k_pix``, ``k_init``, ``k_seg``, ``dilate`` and ``sat_dilate``
         have the meaning and defaults of `correct_banding`. ``column_gain`` (True): also measure
         the multiplicative column gain on the longest exposure with `log_polar_gain` (``window`` =
-        ``gain_window``, default ``nx / 16``; ``cmin`` = ``gain_cmin``, 0.1; ``iterations`` =
-        ``gain_iterations``, 1) and remove it from every frame: the gain is a property of the
-        detector columns, the same in every exposure, and best measured where the signal is
-        highest.
+        ``gain_window``, default ``nx / 16``; ``cmin`` = ``gain_cmin``, 0.03) and remove it from
+        every frame: the gain is a property of the detector columns, the same in every exposure,
+        and best measured where the signal is highest.
 
     Returns
     -------
@@ -1618,7 +1617,7 @@ def exposure_banding(
     Measured on simulated Wideband 0.1/1/10 s acquisitions at 2048 x 2048
     (``benchmarks/bench_banding.py``): the common pattern has a regression slope of 0.996 on the
     injected offsets, and with the per-frame step afterwards the banding slopes of the three
-    frames go from 0.13 / 0.13 / 0.41-0.43 to 0.00-0.01 / 0.01 / 0.06-0.075.
+    frames go from 0.13 / 0.13 / 0.41-0.43 to -0.003-0.012 / 0.002-0.005 / 0.029-0.046.
     """
     images = [np.asarray(img, dtype=np.float32) for img in images]
     n = len(images)
@@ -1706,9 +1705,7 @@ def exposure_banding(
     elif fit_gain:
         longest = int(np.argmax(times))
         _, work, var, _ = _prepare(corrected[longest], variances[longest], masks[longest], p)
-        gain, gain_var = log_polar_gain(
-            work, var, center, window=p["gain_window"], cmin=p["gain_cmin"], iterations=p["gain_iterations"]
-        )
+        gain, gain_var = log_polar_gain(work, var, center, window=p["gain_window"], cmin=p["gain_cmin"])
         scale = (1.0 / (1.0 + gain)).astype(np.float32)[None, :]
         corrected = [np.where(np.isfinite(c), c * scale, c) for c in corrected]
     rec = {k: p[k] for k in (*EXPOSURE_PARAMS, "nseg", "k_pix", "k_seg", "gain_prior", "k_gain")}
@@ -1924,9 +1921,55 @@ def _solve_sym3(a00, a01, a02, a11, a12, a22, b0, b1, b2):
     return x0, x1, x2, det
 
 
+def _shift_moments(raw, shift_powers, order):
+    """``sum_m C(order, m) s^(order - m) raw[m]``: moment ``order`` about a new origin (``s`` = -origin)."""
+    out = raw[order].copy()
+    for m in range(order):
+        out += (comb(order, m) * shift_powers[order - m]) * raw[m]
+    return out
+
+
+def _powers(x, n):
+    """``[1, x, x^2, ..., x^n]`` (the first as a scalar)."""
+    out = [1.0, x]
+    for _ in range(n - 1):
+        out.append(out[-1] * x)
+    return out
+
+
+def _leave_group_out_fit(
+    mom, rhs, count, gmom, grhs, gcount, cells, groups, shift, u, min_count, chunk=1 << 18
+):
+    """
+    Each pixel's local radial quadratic without the pixels of its group, evaluated at its offset ``u``.
+
+    ``mom`` (orders 0-4), ``rhs`` (0-2) and ``count`` are the window sums of the cells (centred on
+    the cell centres, flattened); ``gmom``, ``grhs`` and ``gcount`` the raw sums of the groups, with
+    a last, empty group; ``cells`` and ``groups`` index them per pixel; ``shift`` is minus each
+    pixel's cell centre. NaN where the reduced fit is undetermined.
+    """
+    n = cells.size
+    out = np.full(n, np.nan)
+    for a in range(0, n, chunk):
+        sl = slice(a, a + chunk)
+        c, g = cells[sl], groups[sl]
+        sp = _powers(shift[sl], 4)
+        gm = [x[g] for x in gmom]
+        gr = [x[g] for x in grhs]
+        m = [mom[k][c] - _shift_moments(gm, sp, k) for k in range(5)]
+        b = [rhs[k][c] - _shift_moments(gr, sp, k) for k in range(3)]
+        left = count[c] - gcount[g]
+        c0, c1, c2, det = _solve_sym3(m[0], m[1], m[2], m[2], m[3], m[4], *b)
+        ok = (left >= min_count) & (det > 1e-9 * m[0] ** 3)
+        uu = u[sl]
+        with np.errstate(invalid="ignore"):
+            out[sl] = np.where(ok, c0 + uu * (c1 + uu * c2), np.nan)
+    return out
+
+
 def log_polar_gain(
-    data, variance, center, *, valid=None, window=None, cmin=0.1, snr_min=10.0, k_clip=4.0,
-    min_count=16, ring=None, iterations=1,
+    data, variance, center, *, valid=None, window=None, cmin=0.03, snr_min=10.0, k_clip=4.0,
+    min_count=16, ring=None, leave_column_out=True,
 ):  # fmt: skip
     """
     Multiplicative column gain of one bright frame, at all column scales, from its radial structure.
@@ -1961,11 +2004,11 @@ def log_polar_gain(
         Width (pixels) of the rings of a radial term fitted jointly with the column gain (it
         absorbs the radially symmetric part of the fit error: the steep inner corona, the
         vignetting); default ``4 * nx / 2048``.
-    iterations : int, optional
-        Richardson iterations: the radial model is refitted to ``log(data)`` minus the current
-        gain estimate, so that it no longer absorbs the part of the gain it averaged. Raises the
-        fraction of the gain recovered (0.94 -> ~0.97) but amplifies the leak of coronal structure
-        2-4 times: worth it only when estimates of many acquisitions are averaged (templates).
+    leave_column_out : bool, optional
+        Fit each pixel's radial model without the pixels of its own column (default). A fit that
+        includes them absorbs part of the gain it is meant to reveal: with it, 0.94 of the gain is
+        recovered on simulated 10 s frames; without it, 0.985, at the same leak of coronal
+        structure. About 0.6 s more per 2048 x 2048 frame.
 
     Returns
     -------
@@ -1984,23 +2027,26 @@ def log_polar_gain(
        window centre, and the 3 x 3 normal equations of the local quadratic are solved in every
        cell at once.
     3. Each pixel's residual is ``L`` minus its cell's quadratic at its exact radius (linear in
-       angle between the two nearest bins). The fit averages ``log(1 + G)`` over the few columns a
-       window crosses, so the residual keeps the column gain minus a local mean.
+       angle between the two nearest bins). With ``leave_column_out``, the moments of the pixels
+       of the pixel's own column in each of the two bins (a run of at most ``1 / cmin`` pixels
+       along the radius) are subtracted from the window sums first, and the 3 x 3 system is
+       solved per pixel. The residual then holds ``log(1 + G)`` of its column, minus a weighted
+       mean of the other columns the window crosses, which does not correlate with it. Without it,
+       the fit also averages the pixel's own column, and the fraction of ``G`` kept falls where the
+       window crosses few columns.
     4. Per column, a weighted, clipped mean of the residual, fitted jointly with a ring term
        ``a(r)``; columns with fewer than ``min_count`` pixels are left at 0.
 
     Measured on `aspiics.simulate` Wideband frames (2048 x 2048, default banding model, additive
-    banding removed exactly): on the 10 s exposure of an acquisition the per-column error is 0.27-
-    0.30 of the injected gain RMS and the banding slope after the per-frame correction goes from
-    0.37-0.39 to 0.06-0.07; applied to the 1 s exposure of the same acquisition, 0.04 -> 0.005. On
-    banding-free 10 s frames the removed gain has an RMS of 0.15-0.18 of the simulator's gain
-    RMS (0.06-0.09 of the median pixel σ). About 0.6 s per 2048 x 2048 frame.
-
-    The fraction of the gain recovered depends on the column: 0.65-0.75 at 50-70 columns from the
-    Sun-centre column, 0.83-0.94 at 70-250, 0.91-0.99 beyond (the fit absorbs the gain of the few
-    columns a window crosses). The ~105 columns around the centre get no estimate; with the exact
-    gain everywhere else they alone leave a banding slope of 0.019-0.025 on a 10 s frame
-    (``benchmarks/limits_banding_gain.py``).
+    banding removed exactly; ``benchmarks/limits_banding_gain.py``): on 10 s exposures the
+    per-column error is 0.29-0.37 of the injected gain RMS, the fraction of the gain recovered is
+    0.99 overall and 0.95-1.07 at every distance beyond 50 columns from the Sun-centre column (up
+    to 1.16 closer), and the banding slope after the per-frame correction goes from 0.38-0.39 to
+    0.019-0.039 (0.05-0.07 without ``leave_column_out`` and with ``cmin=0.1``, which recovers
+    0.65-0.75 of the gain at 50-70 columns from the centre). The ~32 columns around the centre
+    without an estimate leave 0.005-0.012 of that. On banding-free 10 s frames the removed gain
+    has an RMS of 0.18-0.20 of the simulator's gain RMS (0.045-0.053 of the pixel σ). About 1.2 s
+    and 620 MB (traced) per 2048 x 2048 frame.
     """
     data = np.asarray(data)
     var = np.asarray(variance)
@@ -2054,64 +2100,79 @@ def log_polar_gain(
         per_cell = np.bincount(cell, values, minlength=ncell).reshape(nth, nr)
         return ndimage.uniform_filter1d(per_cell, width, axis=1, mode="constant") * width
 
-    powers = [np.ones_like(tt)]
-    for _ in range(4):
-        powers.append(powers[-1] * tt)
+    powers = _powers(tt, 4)
+    powers[0] = np.ones_like(tt)
     count = window_sum(powers[0])
-    raw = [window_sum(weight * pw) for pw in powers]
-
-    def centred(moments, order):
-        # window sum of w (t - t_c)^order from the raw moments (binomial expansion)
-        return sum(comb(order, m) * (-centres) ** (order - m) * moments[m] for m in range(order + 1))
-
-    mom = [centred(raw, k) for k in range(5)]
-    del raw
-    good = count >= min_count
+    cell_shift = _powers(-centres, 4)
+    # window sums of w (t - t_c)^k and of w L (t - t_c)^k (raw moments shifted to the cell centre)
+    mom = [window_sum(weight * pw) for pw in powers]
+    mom = [_shift_moments(mom, cell_shift, k) for k in range(5)]
+    rhs = [window_sum(weight * logd * pw) for pw in powers[:3]]
+    rhs = [_shift_moments(rhs, cell_shift, k) for k in range(3)]
     u = tt - (irad + 0.5) / half  # offset from the cell centre, in half-windows
-    other = ((ith + np.where(frac >= 0, 1, -1)) % nth) * nr + irad
+    step = np.where(frac >= 0, 1, -1)  # towards the neighbouring angle bin
+    other = ((ith + step) % nth) * nr + irad
     afr = np.abs(frac)
-    del frac, tt, t, count
+    del frac, t, tt
+    if leave_column_out:
+        # Each pixel's fit leaves out the pixels of its own column (in both angle bins), so that it
+        # cannot absorb the gain it is measuring. A group: one column in one angle bin, a short run
+        # along the radius.
+        present = np.zeros(nth * nx, dtype=bool)
+        key = ith * nx + ix
+        present[key] = True
+        ids = np.cumsum(present, dtype=np.int32) - 1  # group number of every (bin, column)
+        ng = int(ids[-1]) + 1
+        ginv = ids[key]
+        key = ((ith + step) % nth) * nx + ix  # the same column in the neighbouring bin
+        oinv = np.where(present[key], ids[key], ng)  # ng: an empty group
+        del present, ids, key
+        gmom = [np.bincount(ginv, weight * pw, minlength=ng + 1) for pw in powers]
+        grhs = [np.bincount(ginv, weight * logd * pw, minlength=ng + 1) for pw in powers[:3]]
+        gcount = np.bincount(ginv, minlength=ng + 1)
+        del powers
+        shift = -(irad + 0.5) / half  # minus the cell centre (the same in the neighbouring bin)
+        args = ([x.ravel() for x in mom], [x.ravel() for x in rhs], count.ravel(), gmom, grhs, gcount)
+        f0 = _leave_group_out_fit(*args, cell, ginv, shift, u, min_count)
+        f1 = _leave_group_out_fit(*args, other, oinv, shift, u, min_count)
+        del args, gmom, grhs, gcount, ginv, oinv, shift
+    else:
+        del powers
+        c0, c1, c2q, det = _solve_sym3(mom[0], mom[1], mom[2], mom[2], mom[3], mom[4], *rhs)
+        solved = ((count >= min_count) & (det > 1e-9 * mom[0] ** 3)).ravel()
+        # unsolved cells: NaN model (those pixels are not used), without inf - inf below
+        c0 = np.where(solved, c0.ravel(), np.nan)
+        c1, c2q = np.where(solved, c1.ravel(), 0.0), np.where(solved, c2q.ravel(), 0.0)
+        del det
+        f0 = c0[cell] + u * (c1[cell] + u * c2q[cell])
+        f1 = c0[other] + u * (c1[other] + u * c2q[other])
+    del mom, rhs, count, step
     sig = 1.0 / np.sqrt(weight)
     jr = ((r - rmin) / ring).astype(np.intp)
     nrb = int(jr.max()) + 1
+    with np.errstate(invalid="ignore"):
+        res = logd - np.where(np.isfinite(f1), (1 - afr) * f0 + afr * f1, f0)
+    del f0, f1
+    ok = np.isfinite(res)
+    res = np.where(ok, res, 0.0)
     col = np.zeros(nx)
-    for _ in range(max(1, int(iterations))):
-        # radial model of log(data) without the current gain estimate (Richardson iteration)
-        target = logd - col[ix]
-        rhs_raw = [window_sum(weight * target * powers[m]) for m in range(3)]
-        rhs = [centred(rhs_raw, k) for k in range(3)]
-        del rhs_raw, target
-        c0, c1, c2q, det = _solve_sym3(mom[0], mom[1], mom[2], mom[2], mom[3], mom[4], *rhs)
-        solved = (good & (det > 1e-9 * mom[0] ** 3)).ravel()
-        # unsolved cells: NaN model (those pixels are not used), without inf - inf in the sums below
-        c0 = np.where(solved, c0.ravel(), np.nan)
-        c1, c2q = np.where(solved, c1.ravel(), 0.0), np.where(solved, c2q.ravel(), 0.0)
-        del rhs, det
-        f0 = c0[cell] + u * (c1[cell] + u * c2q[cell])
-        f1 = c0[other] + u * (c1[other] + u * c2q[other])
-        with np.errstate(invalid="ignore"):
-            res = logd - np.where(np.isfinite(f1), (1 - afr) * f0 + afr * f1, f0)
-        del f0, f1
-        ok = np.isfinite(res)
-        res = np.where(ok, res, 0.0)
-        col = np.zeros(nx)
-        rad = np.zeros(nrb)
-        for kk in (3 * k_clip, k_clip):
-            sel = ok & (np.abs(res - col[ix] - rad[jr]) < kk * sig)
-            wsel = np.where(sel, weight, 0.0)
-            tw = np.bincount(ix, wsel, minlength=nx)
-            twr = np.bincount(jr, wsel, minlength=nrb)
-            n = np.bincount(ix[sel], minlength=nx)
-            for _ in range(4):  # alternate the column and ring terms
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    col = np.where(tw > 0, np.bincount(ix, wsel * (res - rad[jr]), minlength=nx) / tw, 0.0)
-                    rad = np.where(twr > 0, np.bincount(jr, wsel * (res - col[ix]), minlength=nrb) / twr, 0.0)
+    rad = np.zeros(nrb)
+    for kk in (3 * k_clip, k_clip):
+        sel = ok & (np.abs(res - col[ix] - rad[jr]) < kk * sig)
+        wsel = np.where(sel, weight, 0.0)
+        tw = np.bincount(ix, wsel, minlength=nx)
+        twr = np.bincount(jr, wsel, minlength=nrb)
+        n = np.bincount(ix[sel], minlength=nx)
+        for _ in range(4):  # alternate the column and ring terms
             with np.errstate(invalid="ignore", divide="ignore"):
                 col = np.where(tw > 0, np.bincount(ix, wsel * (res - rad[jr]), minlength=nx) / tw, 0.0)
-        known = n >= min_count
-        if known.any():
-            col[known] -= col[known].mean()
-        col[~known] = 0.0
+                rad = np.where(twr > 0, np.bincount(jr, wsel * (res - col[ix]), minlength=nrb) / twr, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            col = np.where(tw > 0, np.bincount(ix, wsel * (res - rad[jr]), minlength=nx) / tw, 0.0)
+    known = n >= min_count
+    if known.any():
+        col[known] -= col[known].mean()
+    col[~known] = 0.0
     gain = np.expm1(col)
     gvar = np.where(known, (1 + gain) ** 2 / np.where(tw > 0, tw, 1.0), 0.0)
     return gain, gvar

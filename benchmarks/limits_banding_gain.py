@@ -13,9 +13,10 @@ the injected banding; 1 = untouched, target ≤ 0.02) is printed for each:
 * ``exact, high-passed N``: the true gain minus its N-column running mean (what an estimator
   blind to scales above N columns could reach);
 * ``exact outside the centre band``: the true gain except on the columns where
-  `aspiics.banding.log_polar_gain` has no estimate (radii run along the columns there);
-* ``log_polar_gain`` with its defaults, with 3 Richardson iterations, and with the true gain
-  inserted in the centre band.
+  `aspiics.banding.log_polar_gain` has no estimate (radii run along the columns there), for its
+  default ``cmin=0.03`` and for ``cmin=0.1``;
+* ``log_polar_gain`` with its defaults, with the true gain inserted in the centre band, and
+  without ``leave_column_out`` (with ``cmin=0.1``: the estimator before it).
 
 It also prints, per distance from the Sun-centre column, the fraction of the gain that
 ``log_polar_gain`` recovers (regression slope of ĝ on g) and that bin's share of the injected
@@ -54,6 +55,11 @@ def frame_without_static(frame, cal):
     return data - static.astype(np.float32), var, valid
 
 
+def recovered(g, est, sel):
+    """Regression slope of the estimate on the true gain over ``sel`` (0 without 3 columns)."""
+    return np.polyfit(g[sel], est[sel], 1)[0] if np.count_nonzero(sel) > 2 else 0.0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[5, 50])
@@ -77,7 +83,7 @@ def main():
                 return slope(column_medians(corr.corrected - frame.truth.l2, valid), injected)
 
             est, est_var = log_polar_gain(data, var, center, valid=valid)
-            est3, _ = log_polar_gain(data, var, center, valid=valid, iterations=3)
+            old, old_var = log_polar_gain(data, var, center, valid=valid, cmin=0.1, leave_column_out=False)
             known = est_var > 0
             band = np.flatnonzero(~known)
             print(
@@ -92,24 +98,24 @@ def main():
                     for n in (64, 128, 256)
                 ],
                 ("exact outside the centre band", np.where(known, g, 0.0)),
+                ("exact outside the cmin=0.1 band", np.where(old_var > 0, g, 0.0)),
                 ("log_polar_gain", est),
-                ("log_polar_gain, 3 iterations", est3),
                 ("log_polar_gain, exact gain in the band", np.where(known, est, g)),
+                ("without leave_column_out, cmin=0.1", old),
             ]
             for name, gain in rows:
                 print(f"  {name:42s} slope {left(gain):7.4f}")
             dist = np.abs(np.arange(nx) - center[0])
             share = np.nanmean(injected, axis=0)
             share = (share - np.nanmean(share)) ** 2
-            print("  |x - x_sun| (columns)   share of injected variance   fraction of g recovered")
+            print("  |x - x_sun| (columns)   share of injected variance   fraction of g recovered (before)")
             edges = [0, 52, 70, 100, 150, 250, 400, 600, nx]
             for a, b in itertools.pairwise(edges):
                 sel = (dist >= a) & (dist < b)
-                k = sel & known
-                rec = np.polyfit(g[k], est[k], 1)[0] if np.count_nonzero(k) > 2 else 0.0
+                rec = [recovered(g, e, sel & (v > 0)) for e, v in ((est, est_var), (old, old_var))]
                 print(
                     f"  {a:5d}-{b:<5d}               {np.nansum(share[sel]) / np.nansum(share):6.3f}"
-                    f"                      {rec:6.3f}"
+                    f"                      {rec[0]:6.3f} ({rec[1]:.3f})"
                 )
 
 

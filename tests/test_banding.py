@@ -268,7 +268,9 @@ def banded2048():
     "over `block` columns. The polar stage 2 meets it (test_banding_slope_target_polar: 0.002 at 2048) "
     "but is off by default: on the aspiics.simulate 2048 scene (not separable in r and angle) it leaks "
     "coronal structure into the column estimate (8x the banding RMS on a noise-free, banding-free frame). "
-    "With the exposures of an acquisition the target is met: test_exposure_set_meets_slope_target.",
+    "With the exposures of an acquisition the target is met (test_exposure_set_meets_slope_target), and "
+    "with a template from exposure sets on simulated frames of every exposure time "
+    "(test_template_from_simulated_sets_meets_slope_target).",
     strict=True,
 )
 def test_banding_slope_target(banded):
@@ -725,6 +727,15 @@ def test_calibrate_acquisition_expbanding(tmp_path):
         assert 0.99 < np.median(m.sigma[both] / p.sigma[both]) < 1.05
 
 
+def _to_msb(frame, cal):
+    """The calibration steps up to ``msb`` of a simulated frame: the input of the exposure-set step."""
+    from aspiics.map import ASPIICSMap
+
+    m = ASPIICSMap(frame.data, frame.header)
+    m = m.subtract_bias(cal).correct_nonlinearity(cal).estimate_variance(cal)
+    return m.subtract_dark(cal).flat_field(cal).to_msb(cal)
+
+
 @pytest.mark.skipif(not HAVE_SIM, reason="aspiics.simulate not available")
 def test_correct_banding_exposures_maps(tmp_path):
     """The map step: variance added, CALSTEPS/HISTORY, and clear errors for wrong inputs."""
@@ -736,11 +747,7 @@ def test_correct_banding_exposures_maps(tmp_path):
     release = make_calibration_set(tmp_path, shape=shape, seed=2)
     cal = CalibrationSet(release.path)
     acq = simulate_acquisition("Wideband", (0.5, 5.0), shape=shape, calibration=release, seed=7)
-    msb = []
-    for fr in acq.frames:
-        m = ASPIICSMap(fr.data, fr.header)
-        m = m.subtract_bias(cal).correct_nonlinearity(cal).estimate_variance(cal)
-        msb.append(m.subtract_dark(cal).flat_field(cal).to_msb(cal))
+    msb = [_to_msb(fr, cal) for fr in acq.frames]
     out, res = correct_banding_exposures(msb, nseg=4, return_result=True)
     assert res.pairs[0][:2] == (0, 1)
     for before, after in zip(msb, out, strict=True):
@@ -793,17 +800,19 @@ def test_log_polar_gain_recovers_column_gain():
     data, var, center = _gain_scene(g)
     est, vest = log_polar_gain(data, var, center)
     known = vest > 0
-    assert known.mean() > 0.9  # measured 0.956 (columns near the centre one have no estimate)
+    assert known.mean() > 0.95  # measured 0.983 (columns next to the centre one have no estimate)
     truth = g[known] - g[known].mean()
-    assert np.corrcoef(est[known], truth)[0, 1] > 0.9  # measured 0.937
+    assert np.corrcoef(est[known], truth)[0, 1] > 0.9  # measured 0.934
     assert np.std(est[known] - truth) < 0.45 * np.std(g)  # measured 0.36
-    # Richardson iterations recover more of the gain (transfer 0.79 -> 0.82 here)
-    est3, _ = log_polar_gain(data, var, center, iterations=3)
-    transfer = [np.polyfit(truth, e[known], 1)[0] for e in (est, est3)]
-    assert transfer[1] > transfer[0]
+    # a fit that includes the pixel's own column absorbs part of its gain
+    kept, v_kept = log_polar_gain(data, var, center, leave_column_out=False)
+    both = known & (v_kept > 0)
+    transfer = [np.polyfit(g[both], e[both], 1)[0] for e in (est, kept)]
+    assert transfer[0] > 0.8  # measured 0.83
+    assert transfer[1] < transfer[0] - 0.04  # measured 0.77
     # no gain: what is found is small (scene leak and noise)
     est0, v0 = log_polar_gain(*_gain_scene(np.zeros(1024)))
-    assert np.std(est0[v0 > 0]) < 0.1 * np.std(g)  # measured 0.034
+    assert np.std(est0[v0 > 0]) < 0.1 * np.std(g)  # measured 0.040
     # too few usable pixels: nothing estimated
     blank = np.full((64, 64), np.nan, np.float32)
     e, v = log_polar_gain(blank, np.ones_like(blank), (32, 32))
@@ -821,11 +830,11 @@ def test_exposure_banding_column_gain():
     assert res.column_gain.shape == (1024,)
     truth = frames[1].col_gain[0]
     known = res.column_gain_variance > 0
-    # (this long frame has a modest S/N: 0.71; 0.94 on a bright frame, see above)
+    # (this long frame has a modest S/N: 0.69; 0.93 on a bright frame, see above)
     assert np.corrcoef(res.column_gain[known], truth[known])[0, 1] > 0.6
     assert "column gain on" in res.history(1)
     for k, f in enumerate(frames):
-        # measured 0.022 -> 0.015 and 0.58 -> 0.32 (the long frame's banding is mostly gain)
+        # measured 0.022 -> 0.014 and 0.58 -> 0.28 (the long frame's banding is mostly gain)
         assert abs(banding_slope(f, final[k].corrected)) <= abs(banding_slope(f, final0[k].corrected)) + 0.005
         assert streamer_contrast(final[k].corrected, f) >= 0.98 * streamer_contrast(f.truth, f)
     assert banding_slope(frames[1], final[1].corrected) < 0.7 * banding_slope(frames[1], final0[1].corrected)
@@ -874,3 +883,72 @@ def test_calibrate_acquisition_with_template(tmp_path, caplog):
     assert all("expbanding" not in m.meta["calsteps"] for m in out)
     with pytest.raises(ProcessingError, match="not both"):
         calibrate_acquisition(l1, cal, exposure_banding=True, **opts)
+
+
+@pytest.mark.skipif(not HAVE_SIM, reason="aspiics.simulate not available")
+def test_template_from_simulated_sets_meets_slope_target(tmp_path):
+    """
+    The full path on `aspiics.simulate` frames (additive offsets, column gain, drifting columns,
+    row banding, a column-aligned streamer): a template from the exposure sets of 3 acquisitions
+    of different rolls takes single 0.1, 1 and 10 s frames of a 4th to the slope target, and on
+    banding-free data removes far less than the pixel noise.
+    """
+    from aspiics.calibration import CalibrationSet
+    from aspiics.map import ASPIICSMap
+
+    shape = (1024, 1024)
+    release = make_calibration_set(tmp_path, shape=shape, seed=2)
+    cal = CalibrationSet(release.path)
+    exposures = (0.1, 1.0, 10.0)
+
+    def template(banding):
+        results = []
+        for seed in (30, 31, 32):
+            acq = simulate_acquisition(
+                "Wideband", exposures, shape=shape, calibration=release, seed=seed,
+                roll=(137 * seed) % 360, banding=banding,
+            )  # fmt: skip
+            msb = [_to_msb(fr, cal) for fr in acq.frames]
+            results.append(correct_banding_exposures(msb, return_result=True)[1])
+        return template_from_exposure_sets(results)
+
+    tpl = template(True)
+    test = simulate_acquisition(
+        "Wideband", exposures, shape=shape, calibration=release, seed=5, column_streamer=True
+    )
+    for fr in test.frames:
+        l1 = ASPIICSMap(fr.data, fr.header)
+        alone = np.asarray(l1.calibrate(cal, banding=True).data)
+        fixed = np.asarray(l1.calibrate(cal, banding=True, banding_options={"template": tpl}).data)
+        truth = fr.truth
+        valid = np.isfinite(alone) & np.isfinite(fixed) & ~truth.hot & ~truth.unusual
+        inj, _ = column_medians(truth.banding_msb, valid)
+
+        def slope(img, valid=valid, inj=inj, truth=truth):
+            left, _ = column_medians(img - truth.l2, valid)
+            ok = np.isfinite(left) & np.isfinite(inj)
+            x, y = inj[ok] - inj[ok].mean(), left[ok] - left[ok].mean()
+            return (x * y).sum() / (x * x).sum()
+
+        assert slope(alone) > 0.1  # measured 0.18 / 0.13 / 0.48
+        assert abs(slope(fixed)) <= 0.02  # measured -0.018 / -0.007 / 0.011
+    null_tpl = template(False)
+    null = simulate_acquisition(
+        "Wideband", exposures, shape=shape, calibration=release, seed=6, banding=False,
+        column_streamer=True,
+    )  # fmt: skip
+    for fr in null.frames:
+        l1 = ASPIICSMap(fr.data, fr.header)
+        plain = l1.calibrate(cal, banding=False)
+        fixed = l1.calibrate(cal, banding=True, banding_options={"template": null_tpl})
+        with np.errstate(invalid="ignore"):  # saturated pixels: inf - inf
+            removed = (np.asarray(plain.data) - np.asarray(fixed.data)) / plain.sigma
+        rms = np.sqrt(np.mean(removed[np.isfinite(removed)] ** 2))
+        alone = l1.calibrate(cal, banding=True)
+        with np.errstate(invalid="ignore"):
+            removed_alone = (np.asarray(plain.data) - np.asarray(alone.data)) / plain.sigma
+        rms_alone = np.sqrt(np.mean(removed_alone[np.isfinite(removed_alone)] ** 2))
+        # measured 0.045 / 0.053 / 0.097 (the per-frame step alone: 0.18 / 0.067 / 0.12; at
+        # 2048 x 2048 with 6 acquisitions 0.023 / 0.021 / 0.031, benchmarks/accuracy_banding_template.py)
+        assert rms <= 0.1
+        assert rms < rms_alone
