@@ -189,6 +189,9 @@ class BandingTemplate:
         Number of frames combined.
     offset_unit : str
         ``"MSB s"`` or ``"MSB"``.
+    filter : str or None
+        Name of the filter of the frames it was made from (the MSB scale depends on the filter's
+        A_phot): the L2 pipeline refuses to apply it to frames of another filter. None: unknown.
     """
 
     offset: np.ndarray
@@ -197,6 +200,7 @@ class BandingTemplate:
     gain_err: np.ndarray
     nframes: int = 0
     offset_unit: str = "MSB"
+    filter: str = None
 
     def pattern_params(self, exposure_time=None):
         """
@@ -234,7 +238,7 @@ class BandingTemplate:
 
     def save(self, path, *, overwrite=False):
         """
-        Write the template to a small FITS file (one image HDU of shape ``(4, 2, nx)``).
+        Write the template to a small FITS file (one image HDU of shape ``(4, 2, nx)``), atomically.
 
         Parameters
         ----------
@@ -242,8 +246,20 @@ class BandingTemplate:
             Output file.
         overwrite : bool, optional
             Replace an existing file.
+
+        Returns
+        -------
+        `pathlib.Path`
+            The file written.
+
+        Raises
+        ------
+        aspiics.exceptions.OutputExistsError
+            If ``path`` exists and ``overwrite`` is False.
         """
         from astropy.io import fits
+
+        from aspiics.io import atomic_output
 
         cube = np.stack([self.offset, self.gain, self.offset_err, self.gain_err]).astype(np.float64)
         hdu = fits.PrimaryHDU(cube)
@@ -256,8 +272,12 @@ class BandingTemplate:
         hdr["PLANE2"] = "gain (dimensionless)"
         hdr["PLANE3"] = "offset standard error"
         hdr["PLANE4"] = "gain standard error"
+        if self.filter is not None:
+            hdr["FILTER"] = (str(self.filter), "filter of the frames it was made from")
         hdr["COMMENT"] = "data = truth*(1+gain) + offset[/t]; parity 0 = 0-based rows 0,2,4,..."
-        hdu.writeto(Path(path), overwrite=overwrite)
+        with atomic_output(path, overwrite=overwrite) as tmp:
+            hdu.writeto(tmp, overwrite=True)
+        return Path(path)
 
     @classmethod
     def load(cls, path):
@@ -299,6 +319,7 @@ class BandingTemplate:
             gain_err=cube[3],
             nframes=int(hdr.get("NFRAMES", 0)),
             offset_unit=str(hdr.get("OFFUNIT", "MSB")),
+            filter=hdr.get("FILTER"),
         )
 
 
@@ -1304,7 +1325,7 @@ def estimate_banding_template(images, *, variances=None, masks=None, exposure_ti
     )
 
 
-def template_from_exposure_sets(results):
+def template_from_exposure_sets(results, *, filter=None):
     """
     Static banding template from the exposure-set estimates of several acquisitions.
 
@@ -1320,6 +1341,10 @@ def template_from_exposure_sets(results):
     results : sequence of `ExposureBandingResult`
         Results of `exposure_banding` (for maps: ``correct_banding_exposures(maps,
         return_result=True)``), at least one with a usable pair, all of the same width.
+    filter : str, optional
+        Filter name of the acquisitions, recorded in the template (``BandingTemplate.filter``) so
+        that the L2 pipeline never applies it to frames of another filter; by default the
+        ``filter`` of the results (known when they come from `correct_banding_exposures`).
 
     Returns
     -------
@@ -1329,7 +1354,7 @@ def template_from_exposure_sets(results):
     Raises
     ------
     aspiics.exceptions.ProcessingError
-        If no result has an estimate or the widths differ.
+        If no result has an estimate, the widths differ or the results are of different filters.
 
     Notes
     -----
@@ -1343,6 +1368,14 @@ def template_from_exposure_sets(results):
     widths = {r.offset.shape[-1] for r in results}
     if len(widths) > 1:
         raise ProcessingError(f"template_from_exposure_sets: results of different widths {sorted(widths)}.")
+    filters = {r.filter for r in results} - {None}
+    if filter is not None:
+        filters.add(filter)
+    if len(filters) > 1:
+        raise ProcessingError(
+            f"template_from_exposure_sets: results of several filters ({', '.join(sorted(filters))}); "
+            "the MSB scale depends on the filter: make one template per filter."
+        )
     offset, offset_err = _robust_combine(
         np.array([r.offset for r in results]), np.array([r.offset_variance for r in results])
     )
@@ -1362,6 +1395,7 @@ def template_from_exposure_sets(results):
         gain_err=gain_err,
         nframes=len(results),
         offset_unit="MSB s",
+        filter=filters.pop() if filters else None,
     )
 
 
@@ -1426,6 +1460,8 @@ class ExposureBandingResult:
         into the input) and the number of difference pixels that entered the fit.
     params : dict
         The parameters used (for the FITS HISTORY).
+    filter : str or None
+        Filter name of the frames, when known (set by `correct_banding_exposures`).
     """
 
     corrected: list
@@ -1437,6 +1473,7 @@ class ExposureBandingResult:
     params: dict
     column_gain: np.ndarray = None
     column_gain_variance: np.ndarray = None
+    filter: str = None
 
     def pattern_variance(self, index):
         """
@@ -1827,7 +1864,7 @@ def correct_banding_exposures(maps, *, return_result=False, **params):
                 "aspiics.calibrate.calibrate_acquisition(maps, calibration)."
             )
         _check_wcs_keys(m, label)
-    times, _ = _check_set(
+    times, info = _check_set(
         maps,
         labels,
         verb="corrected together",
@@ -1880,6 +1917,7 @@ def correct_banding_exposures(maps, *, return_result=False, **params):
         center=center,
         **params,
     )
+    res.filter = info.name
     out = []
     for k, m in enumerate(maps):
         meta = m.meta.copy()

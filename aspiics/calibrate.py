@@ -1010,6 +1010,13 @@ def _do_banding(st, ctx):
     if func is True:
         from aspiics.banding import correct_banding_step as func
     kwargs = dict(ctx.options["banding_options"] or {})
+    made_for = getattr(kwargs.get("template"), "filter", None)
+    if made_for is not None and made_for != ctx.filter.name:
+        raise ProcessingError(
+            f"{ctx.filename}: the banding template was made from {made_for} frames, not "
+            f"{ctx.filter.name} (the MSB scale depends on the filter); use a template of this filter "
+            "(aspiics banding-template)."
+        )
     st.data, pattern, pattern_variance, description = apply_banding(
         st.data, func, flags=st.flags, variance=st.variance, exposure_time=ctx.exptime,
         center=ctx.calibration.io_center(ctx.filter), **kwargs,

@@ -307,6 +307,84 @@ def _cmd_l2(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# banding-template
+
+_TO_MSB = ("bias", "nonlin", "variance", "dark", "flat", "msb")
+
+
+def _set_estimate(paths, calibration):
+    """The exposure-set banding estimate of one acquisition's L1 files, without its images."""
+    import dataclasses
+
+    from aspiics.banding import correct_banding_exposures
+    from aspiics.calibrate import calibrate_map
+    from aspiics.io import read_map
+
+    maps = []
+    for path in paths:
+        m = read_map(path)
+        if m.processing_level != 1:
+            raise AspiicsError(
+                f"{path}: LEVEL is {m.meta.get('level')!r}, not L1; the template needs L1 frames"
+            )
+        maps.append(calibrate_map(m, calibration, steps=_TO_MSB))
+    _, result = correct_banding_exposures(maps, return_result=True)
+    return dataclasses.replace(result, corrected=[])
+
+
+def _cmd_banding_template(args):
+    from aspiics.banding import template_from_exposure_sets
+    from aspiics.calibration import open_calibration
+    from aspiics.constants import filter_info
+
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        _error(f"{output} exists already; pass --overwrite to replace it")
+        return 1
+    files = _expand_inputs(args.inputs, level=1)
+    groups, errors = _groups_by(files, lambda f: (f.filter.name, f.acquisition_id))
+    if args.filter is not None:
+        try:
+            name = filter_info(args.filter).name
+        except (AspiicsError, ValueError) as err:
+            _error(str(err).splitlines()[0])
+            return 2
+        groups = {k: v for k, v in groups.items() if k[0] == name}
+    filters = sorted({k[0] for k in groups})
+    if len(filters) > 1:
+        _error(
+            f"acquisitions of several filters ({', '.join(filters)}): a template holds one filter; "
+            "pass --filter NAME"
+        )
+        return 1
+    groups = {key[1]: members for key, members in groups.items()}  # acquisitions of one filter
+    for acq_id in [k for k, members in groups.items() if len(members) < 2]:
+        log.warning("acquisition %s has one exposure; it cannot enter the template", acq_id)
+        del groups[acq_id]
+    if not groups:
+        for path, err in errors:
+            _error(_one_line(err, path))
+        _error("no acquisition with two or more exposures among the inputs")
+        return 1
+    cal = open_calibration(args.calibration)
+    results = []
+
+    def work(key, members):
+        results.append(_set_estimate(members, cal))
+        return []
+
+    _, failed = _process_groups(groups, errors, work, desc="template", what="acquisition")
+    try:
+        template = template_from_exposure_sets(results)
+        written = template.save(output, overwrite=args.overwrite)
+    except (AspiicsError, OSError) as err:
+        _error(str(err).splitlines()[0])
+        return 1
+    log.info("banding template from %d acquisition(s) of %s", template.nframes, template.filter)
+    return _finish([written], failed)
+
+
+# ---------------------------------------------------------------------------------------------
 # Level 3
 
 
@@ -660,6 +738,18 @@ def _cmd_demo(args):
 # Parser
 
 
+def _add_l1_arguments(p):
+    """The L1 inputs and the calibration option, shared by the commands that start from L1 files."""
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="L1 files or folders")
+    p.add_argument(
+        "--calibration",
+        metavar="PATH",
+        default=None,
+        help="calibration release folder, folder of releases, or l2_config.json "
+        "(default: $ASPIICS_CALIBRATION_DIR)",
+    )
+
+
 def _build_parser():
     parser = argparse.ArgumentParser(
         prog="aspiics",
@@ -700,14 +790,7 @@ def _build_parser():
         "non-linearity and saturation, dark current, flat field, radiometric conversion to MSB, banding "
         "and bad pixels, with uncertainty and mask. Outputs are named as the inputs with l1 -> l2.",
     )
-    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="L1 files or folders")
-    p.add_argument(
-        "--calibration",
-        metavar="PATH",
-        default=None,
-        help="calibration release folder, folder of releases, or l2_config.json "
-        "(default: $ASPIICS_CALIBRATION_DIR)",
-    )
+    _add_l1_arguments(p)
     p.add_argument("--outdir", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.add_argument("--no-banding", action="store_true", help="skip the banding correction")
@@ -731,6 +814,21 @@ def _build_parser():
         help="calibrate on N local Dask worker processes (needs the 'dask' extra; default 1: serial)",
     )
     p.set_defaults(func=_cmd_l2)
+
+    p = sub.add_parser(
+        "banding-template",
+        help="column-banding template of a filter from the exposure sets of L1 acquisitions",
+        description="Measure the column banding of each acquisition (2-3 exposures of one filter) from the "
+        "differences of its exposures, at all spatial scales, with the column gain on its longest exposure "
+        "(aspiics.banding.correct_banding_exposures), and combine the acquisitions into one template "
+        "(aspiics.banding.template_from_exposure_sets). Use acquisitions of several days and roll angles. "
+        "Apply it with 'aspiics l2 --banding-template FILE'.",
+    )
+    _add_l1_arguments(p)
+    p.add_argument("--output", "-o", required=True, metavar="FILE", help="template FITS file to write")
+    p.add_argument("--filter", default=None, help="use only the acquisitions of this filter")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing template file")
+    p.set_defaults(func=_cmd_banding_template)
 
     p = sub.add_parser(
         "merge",

@@ -15,7 +15,7 @@ from aspiics.banding import (
     log_polar_gain,
     template_from_exposure_sets,
 )
-from aspiics.exceptions import InputFileError, ProcessingError
+from aspiics.exceptions import InputFileError, OutputExistsError, ProcessingError
 
 SIGMA = 1.0  # pixel noise (MSB units of the synthetic frames)
 
@@ -862,6 +862,16 @@ def test_template_from_exposure_sets_corrects_single_frames(tmp_path):
         assert abs(banding_slope(f, fixed.corrected)) <= 0.02  # measured 0.002 / -0.009
     with pytest.raises(ProcessingError, match="no exposure-set estimate"):
         template_from_exposure_sets([exposure_banding([target[0].data] * 2, [1.0, 1.0])])
+    # the filter is recorded (and saved), and a template never mixes filters
+    assert tpl.filter is None
+    named = template_from_exposure_sets(results, filter="Wideband")
+    named.save(tmp_path / "named.fits")
+    assert BandingTemplate.load(tmp_path / "named.fits").filter == "Wideband"
+    with pytest.raises(OutputExistsError):
+        named.save(tmp_path / "named.fits")
+    mixed = [dataclasses.replace(r, filter=f) for r, f in zip(results, ("Wideband", "Fe XIV"), strict=False)]
+    with pytest.raises(ProcessingError, match="several filters"):
+        template_from_exposure_sets(mixed)
 
 
 def test_calibrate_acquisition_with_template(tmp_path, caplog):

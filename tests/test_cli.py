@@ -322,3 +322,50 @@ def test_l2_exposure_banding_option(tmp_path, capsys):
         assert "expbanding" in together.meta["calsteps"]
         assert "expbanding" not in alone.meta["calsteps"]
         assert not np.array_equal(np.asarray(together.data), np.asarray(alone.data), equal_nan=True)
+
+
+def test_banding_template_command(tmp_path, capsys, caplog):
+    """``aspiics banding-template`` builds a filter's template from L1 acquisitions; l2 applies it."""
+    from aspiics.banding import BandingTemplate
+    from aspiics.io import read_map
+    from aspiics.simulate import make_calibration_set, simulate_acquisition
+
+    shape = (256, 256)
+    cal = make_calibration_set(tmp_path / "calibration", shape=shape, seed=2)
+    l1 = tmp_path / "l1"
+    for seed in (30, 31):
+        simulate_acquisition(
+            "Wideband", (0.1, 1.0, 10.0), shape=shape, calibration=cal, seed=seed, roll=137.0 * seed % 360,
+            outdir=l1,
+        )  # fmt: skip
+    fe = simulate_acquisition("Fe XIV", (1.0, 10.0), shape=shape, calibration=cal, seed=32, outdir=l1)
+    single = simulate_acquisition("Wideband", (1.0,), shape=shape, calibration=cal, seed=33, outdir=l1)
+    out = tmp_path / "tpl_wb.fits"
+    common = ["--calibration", str(cal.path), "-o", str(out)]
+    # two filters among the inputs: one template per filter
+    assert main(["banding-template", str(l1), *common]) == 1
+    assert "--filter" in capsys.readouterr().err
+    assert not out.exists()
+    with caplog.at_level("WARNING", logger="aspiics.cli"):
+        assert main(["banding-template", str(l1), *common, "--filter", "Wideband"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert "one exposure" in caplog.text  # the single-exposure acquisition is left out
+    tpl = BandingTemplate.load(out)
+    assert (tpl.filter, tpl.nframes, tpl.offset_unit) == ("Wideband", 2, "MSB s")
+    assert tpl.offset.shape == (2, shape[1])
+    assert np.any(tpl.gain != 0)
+    # never overwritten unless asked
+    assert main(["banding-template", str(l1), *common, "--filter", "Wideband"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["banding-template", str(l1), *common, "--filter", "Wideband", "--overwrite"]) == 0
+    capsys.readouterr()
+    # l2 applies it to a single frame; a frame of another filter is refused with the reason
+    outdir = tmp_path / "l2"
+    args = ["l2", str(single.frames[0].path), "--calibration", str(cal.path), "--outdir", str(outdir)]
+    assert main([*args, "--banding-template", str(out)]) == 0
+    capsys.readouterr()
+    l2 = read_map(next(outdir.glob("*.fits")))
+    assert "template" in l2.meta["history"]
+    args = ["l2", str(fe.frames[0].path), "--calibration", str(cal.path), "--outdir", str(outdir)]
+    assert main([*args, "--banding-template", str(out), "--no-exposure-banding"]) == 1
+    assert "made from Wideband frames, not Fe XIV" in capsys.readouterr().err
