@@ -21,6 +21,7 @@ import tempfile
 import warnings
 
 import numpy as np
+from bench_banding import null_measures
 
 from aspiics.banding import correct_banding_exposures, template_from_exposure_sets
 from aspiics.calibration import CalibrationSet
@@ -80,16 +81,18 @@ def main():
             "Wideband", (0.1, 1.0, 10.0), shape=SHAPE, calibration=release, seed=6, banding=False,
             column_streamer=True,
         )  # fmt: skip
-        print("null test (no banding anywhere): RMS removed / pixel sigma")
+        print("null test (no banding anywhere): RMS removed / pixel sigma (per pixel; over the median")
+        print("sigma in brackets) and the per-column RMS over its noise expectation 1.25 sigma/sqrt(n)")
         for fr in null.frames:
             l1 = ASPIICSMap(fr.data, fr.header)
             plain = l1.calibrate(cal, banding=False)
-            sigma = np.asarray(plain.uncertainty.array)
             alone = l1.calibrate(cal, banding=True)
             fixed = l1.calibrate(cal, banding=True, banding_options={"template": null_template})
-            t = plain.exposure_time.to_value("s")
-            r0, r1 = (removed_rms(plain, m, sigma) for m in (alone, fixed))
-            print(f"  {t:5.1f} s: {r0:.3f} alone, {r1:.3f} with the template")
+            cells = [
+                "{} {:.3f} ({:.3f}), {:.2f}".format(label, *null_measures(plain, m, fr.truth))
+                for label, m in (("alone", alone), ("with the template", fixed))
+            ]
+            print(f"  {plain.exposure_time.to_value('s'):5.1f} s: " + "; ".join(cells))
 
 
 def build_template(release, cal, sets, options, banding=True):
@@ -104,12 +107,6 @@ def build_template(release, cal, sets, options, banding=True):
         _, res = correct_banding_exposures(msb, return_result=True, **options)
         results.append(res)
     return template_from_exposure_sets(results)
-
-
-def removed_rms(before, after, sigma):
-    """RMS over the pixels valid in both of (before - after) / sigma."""
-    diff = (np.asarray(before.data) - np.asarray(after.data)) / sigma
-    return float(np.sqrt(np.mean(diff[np.isfinite(diff)] ** 2)))
 
 
 if __name__ == "__main__":

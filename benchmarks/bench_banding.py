@@ -147,6 +147,32 @@ def exposure_set(tmp, release, cal, banding, label, seed=5):
     return l1
 
 
+def null_measures(plain, corrected, truth):
+    """
+    What a banding correction removed from a banding-free frame, in units of the pixel noise.
+
+    Returns the RMS of the removed component over the per-pixel sigma, its RMS over the median
+    sigma, and the RMS over columns (both row parities) of its per-column median over the noise
+    expectation ``1.25 sigma / sqrt(n)`` of a median of the ``n`` valid rows.
+    """
+    p0 = np.asarray(plain.data)
+    sig = plain.sigma
+    d = np.asarray(corrected.data)
+    ok = np.isfinite(p0) & ~truth.hot & ~truth.unusual & np.isfinite(d)
+    rem = np.where(ok, p0 - np.where(ok, d, 0), np.nan)
+    per_pixel = np.sqrt(np.nanmean((rem / sig) ** 2))
+    over_median = np.sqrt(np.nanmean(rem**2)) / np.nanmedian(sig[ok])
+    ratios = []
+    for par in (0, 1):
+        v = np.where(ok[par::2], rem[par::2], np.nan)
+        n = ok[par::2].sum(axis=0)
+        s_col = np.sqrt(np.nanmedian(np.where(ok[par::2], sig[par::2] ** 2, np.nan), axis=0))
+        use = n > 0
+        med = np.nanmedian(v[:, use], axis=0)
+        ratios.append(med / (1.25 * s_col[use] / np.sqrt(n[use])))
+    return per_pixel, over_median, np.sqrt(np.nanmean(np.concatenate(ratios) ** 2))
+
+
 def null_set(release, cal):
     """Banding-free acquisition: what each stage removes, in units of the pixel noise."""
     acq = simulate_acquisition(
@@ -163,25 +189,9 @@ def null_set(release, cal):
     print("null test (no banding injected): RMS of the removed pattern / pixel sigma (per pixel; over the")
     print("median sigma in brackets) and the per-column RMS over its noise expectation 1.25 sigma/sqrt(n)")
     for k, fr in enumerate(acq.frames):
-        p0 = np.asarray(plain[k].data)
-        sig = plain[k].sigma
-        valid = np.isfinite(p0) & ~fr.truth.hot & ~fr.truth.unusual
         cells = []
         for name, maps in runs.items():
-            d = np.asarray(maps[k].data)
-            ok = valid & np.isfinite(d)
-            rem = np.where(ok, p0 - np.where(ok, d, 0), np.nan)
-            per_pixel = np.sqrt(np.nanmean((rem / sig) ** 2))
-            over_median = np.sqrt(np.nanmean(rem**2)) / np.nanmedian(sig[ok])
-            ratios = []
-            for par in (0, 1):
-                v = np.where(ok[par::2], rem[par::2], np.nan)
-                n = ok[par::2].sum(axis=0)
-                s_col = np.sqrt(np.nanmedian(np.where(ok[par::2], sig[par::2] ** 2, np.nan), axis=0))
-                use = n > 0
-                med = np.nanmedian(v[:, use], axis=0)
-                ratios.append(med / (1.25 * s_col[use] / np.sqrt(n[use])))
-            col = np.sqrt(np.nanmean(np.concatenate(ratios) ** 2))
+            per_pixel, over_median, col = null_measures(plain[k], maps[k], fr.truth)
             cells.append(f"{name} {per_pixel:.3f} ({over_median:.3f}), {col:.2f}")
         print(f"  {plain[k].exposure_time.to_value('s'):5.1f} s: " + "; ".join(cells))
 
