@@ -224,12 +224,13 @@ def _report_groups(results, nfiles):
     return 0
 
 
-def _run_on_dask(groups, calibration, outdir, overwrite, options, workers, exposures):
+def _on_dask(func, groups, calibration, workers, *args, desc):
     """
-    Calibrate acquisitions on a local Dask cluster of ``workers`` processes.
+    Run ``func(group, calibration, *args)`` for every group on a local Dask cluster of ``workers``.
 
     The calibration set is loaded once here and broadcast to the workers, so each worker holds one
-    copy of the calibration arrays. Failures are reported one line each, like the serial path.
+    copy of the calibration arrays. Yields ``(group, result)`` as tasks finish; ``result`` is the
+    `AspiicsError` or `OSError` a task raised.
     """
     try:
         from dask.distributed import Client, LocalCluster, as_completed
@@ -249,22 +250,28 @@ def _run_on_dask(groups, calibration, outdir, overwrite, options, workers, expos
             if info is not None:
                 filters.add(info.name)
         calibration.preload(sorted(filters) or None)
-    results = []
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
     with cluster, Client(cluster) as client:
         cal = client.scatter(calibration, broadcast=True)
-        futures = {
-            client.submit(
-                _calibrate_group, group, cal, outdir, overwrite, options, exposures, pure=False
-            ): group
-            for group in groups
-        }
-        for future in _progress(as_completed(futures), total=len(futures), desc="L2", unit="acquisition"):
-            group = futures[future]
+        futures = {client.submit(func, group, cal, *args, pure=False): i for i, group in enumerate(groups)}
+        for future in _progress(as_completed(futures), total=len(futures), desc=desc, unit="acquisition"):
+            group = groups[futures[future]]
             try:
-                results.append(future.result())
+                yield group, future.result()
             except (AspiicsError, OSError) as err:
-                results.append(([], [(p, _one_line(err, p)) for p in group]))
+                yield group, err
+
+
+def _run_on_dask(groups, calibration, outdir, overwrite, options, workers, exposures):
+    """Calibrate acquisitions on Dask workers; failures are reported one line each, as when serial."""
+    results = []
+    tasks = _on_dask(
+        _calibrate_group, groups, calibration, workers, outdir, overwrite, options, exposures, desc="L2"
+    )
+    for group, result in tasks:
+        if isinstance(result, Exception):
+            result = ([], [(p, _one_line(result, p)) for p in group])
+        results.append(result)
     return _report_groups(results, sum(len(g) for g in groups))
 
 
@@ -368,12 +375,25 @@ def _cmd_banding_template(args):
         return 1
     cal = open_calibration(args.calibration)
     results = []
+    if args.workers > 1:
+        for path, err in errors:
+            _error(_one_line(err, path))
+        failed = len(errors)
+        for group, result in _on_dask(
+            _set_estimate, list(groups.values()), cal, args.workers, desc="template"
+        ):
+            if isinstance(result, Exception):
+                failed += 1
+                _error(_one_line(result, group[0]))
+            else:
+                results.append(result)
+    else:
 
-    def work(key, members):
-        results.append(_set_estimate(members, cal))
-        return []
+        def work(key, members):
+            results.append(_set_estimate(members, cal))
+            return []
 
-    _, failed = _process_groups(groups, errors, work, desc="template", what="acquisition")
+        _, failed = _process_groups(groups, errors, work, desc="template", what="acquisition")
     try:
         template = template_from_exposure_sets(results)
         written = template.save(output, overwrite=args.overwrite)
@@ -738,6 +758,17 @@ def _cmd_demo(args):
 # Parser
 
 
+def _add_workers_argument(p, verb):
+    """``--workers N``: run one task per acquisition on a local Dask cluster."""
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help=f"{verb} on N local Dask worker processes (needs the 'dask' extra; default 1: serial)",
+    )
+
+
 def _add_l1_arguments(p):
     """The L1 inputs and the calibration option, shared by the commands that start from L1 files."""
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="L1 files or folders")
@@ -806,13 +837,7 @@ def _build_parser():
         default=None,
         help="static column-banding template (aspiics.banding.BandingTemplate FITS) to correct with",
     )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="calibrate on N local Dask worker processes (needs the 'dask' extra; default 1: serial)",
-    )
+    _add_workers_argument(p, "calibrate")
     p.set_defaults(func=_cmd_l2)
 
     p = sub.add_parser(
@@ -828,6 +853,7 @@ def _build_parser():
     p.add_argument("--output", "-o", required=True, metavar="FILE", help="template FITS file to write")
     p.add_argument("--filter", default=None, help="use only the acquisitions of this filter")
     p.add_argument("--overwrite", action="store_true", help="replace an existing template file")
+    _add_workers_argument(p, "measure the acquisitions")
     p.set_defaults(func=_cmd_banding_template)
 
     p = sub.add_parser(

@@ -369,3 +369,25 @@ def test_banding_template_command(tmp_path, capsys, caplog):
     args = ["l2", str(fe.frames[0].path), "--calibration", str(cal.path), "--outdir", str(outdir)]
     assert main([*args, "--banding-template", str(out), "--no-exposure-banding"]) == 1
     assert "made from Wideband frames, not Fe XIV" in capsys.readouterr().err
+
+
+def test_banding_template_on_dask_workers(tmp_path, capsys):
+    """--workers measures the acquisitions on Dask workers: the same template as the serial run."""
+    pytest.importorskip("dask.distributed")
+    from aspiics.banding import BandingTemplate
+    from aspiics.simulate import make_calibration_set, simulate_acquisition
+
+    shape = (128, 128)
+    cal = make_calibration_set(tmp_path / "calibration", shape=shape, seed=2)
+    for seed in (30, 31):
+        simulate_acquisition(
+            "Wideband", (0.5, 5.0), shape=shape, calibration=cal, seed=seed, outdir=tmp_path / "l1"
+        )
+    common = ["banding-template", str(tmp_path / "l1"), "--calibration", str(cal.path)]
+    assert main([*common, "-o", str(tmp_path / "serial.fits")]) == 0
+    assert main([*common, "-o", str(tmp_path / "parallel.fits"), "--workers", "2"]) == 0
+    capsys.readouterr()
+    serial, parallel = (BandingTemplate.load(tmp_path / f"{n}.fits") for n in ("serial", "parallel"))
+    assert parallel.nframes == serial.nframes == 2
+    for name in ("offset", "gain", "offset_err", "gain_err"):
+        np.testing.assert_allclose(getattr(parallel, name), getattr(serial, name), rtol=1e-12, atol=0)
