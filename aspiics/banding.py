@@ -34,10 +34,11 @@ column falls and as the noise grows relative to the banding, so a template helps
 
 Build it from L2 frames calibrated *without* banding correction, of several dates (so that the
 coronal structure and the time-variable columns average out) and several exposure times (pass
-``exposure_times`` so that offsets are stored in MSB s and scale as ``1/t``)::
+``exposure_times`` so that offsets are stored in MSB s and scale as ``1/t``, and ``filter`` so that
+the pipeline never applies it to frames of another filter)::
 
     tpl = estimate_banding_template(images, variances=variances, masks=masks,
-                                    exposure_times=exptimes)
+                                    exposure_times=exptimes, filter="Wideband")
     tpl.save("banding_template.fits")
     m.calibrate(cal, banding=True,
                 banding_options={"template": BandingTemplate.load("banding_template.fits")})
@@ -1253,7 +1254,9 @@ def correct_banding_step(
     )
 
 
-def estimate_banding_template(images, *, variances=None, masks=None, exposure_times=None, **params):
+def estimate_banding_template(
+    images, *, variances=None, masks=None, exposure_times=None, filter=None, **params
+):
     """
     Estimate the static column banding pattern from a stack of L2 frames.
 
@@ -1269,6 +1272,9 @@ def estimate_banding_template(images, *, variances=None, masks=None, exposure_ti
     exposure_times : sequence of float, optional
         Exposure times (s). If given, offsets are stored in MSB s (``offset / t`` applies to a
         frame of exposure ``t``); otherwise in MSB (all frames assumed to share the exposure).
+    filter : str, optional
+        Filter name of the frames, recorded in the template (``BandingTemplate.filter``) so that
+        the L2 pipeline never applies it to frames of another filter.
     **params
         Parameters of `correct_banding` used for the per-frame estimates.
 
@@ -1322,6 +1328,7 @@ def estimate_banding_template(images, *, variances=None, masks=None, exposure_ti
         gain_err=gain_err,
         nframes=n,
         offset_unit="MSB s" if exposure_times is not None else "MSB",
+        filter=filter,
     )
 
 

@@ -350,13 +350,17 @@ def test_estimated_variance_path():
 def test_template_beats_per_frame_at_low_snr(tmp_path):
     frames = [make_frame(512, seed=s, exptime_scale=1.0) for s in (10, 11, 12, 13, 14, 15)]
     tpl = estimate_banding_template(
-        [fr.data for fr in frames], variances=[np.ones_like(fr.data) for fr in frames], **P512
+        [fr.data for fr in frames],
+        variances=[np.ones_like(fr.data) for fr in frames],
+        filter="Wideband",
+        **P512,
     )
     path = tmp_path / "tpl.fits"
     tpl.save(path)
     tpl2 = BandingTemplate.load(path)
     np.testing.assert_allclose(tpl2.offset, tpl.offset)
     assert tpl2.nframes == 6
+    assert tpl2.filter == "Wideband"
     # a noisy frame with few valid rows (large masked band): per-column estimates are poor
     f = make_frame(512, seed=20, sigma=4.0, amp=0.15)  # same pattern as the stack (amp is in sigma units)
     f.data[:300] = np.nan
