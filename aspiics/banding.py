@@ -1855,6 +1855,7 @@ def correct_banding_exposures(maps, *, return_result=False, **params):
     """
     from astropy.nddata import VarianceUncertainty
 
+    from aspiics.calibrate import _done_steps
     from aspiics.composite import _check_set, _check_wcs_keys, _label
     from aspiics.resample import find_pixel_mapping
 
@@ -1863,7 +1864,7 @@ def correct_banding_exposures(maps, *, return_result=False, **params):
         raise ProcessingError("correct_banding_exposures needs at least two exposures of one acquisition.")
     labels = [_label(m, i) for i, m in enumerate(maps)]
     for m, label in zip(maps, labels, strict=True):
-        steps = [s for s in str(m.meta.get("calsteps", "") or "").split(",") if s]
+        steps = _done_steps(m.meta)
         if "msb" not in steps or any(s in steps for s in ("expbanding", "banding", "badpix", "vignetting")):
             raise ProcessingError(
                 f"{label}: the exposure-set banding step runs on MSB maps after the 'msb' step and before "
@@ -1941,8 +1942,7 @@ def correct_banding_exposures(maps, *, return_result=False, **params):
             unc = VarianceUncertainty(variances[k] + res.pattern_variance(k), copy=False)
         history.append(f"aspiics L2 expbanding: {res.history(k)}")
         meta["history"] = "\n".join(history)
-        steps = [s for s in str(meta.get("calsteps", "") or "").split(",") if s]
-        meta["calsteps"] = ",".join([*steps, "expbanding"])
+        meta["calsteps"] = ",".join([*_done_steps(meta), "expbanding"])
         out.append(type(m)(res.corrected[k], meta, uncertainty=unc, mask=m.mask))
     return (out, res) if return_result else out
 

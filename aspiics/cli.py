@@ -158,16 +158,12 @@ def _calibrate_group(paths, calibration, outdir, overwrite, options, exposures=T
     fails, each frame is calibrated on its own. Returns ``(written paths, [(path, message), ...])``.
     """
     from aspiics.calibrate import calibrate_acquisition
-    from aspiics.io import parse_filename, read_map
+    from aspiics.io import parse_filename
 
     loaded, failures = [], []
     for path in paths:
         try:
-            m = read_map(path)
-            if m.processing_level != 1:
-                raise AspiicsError(
-                    f"{path}: LEVEL is {m.meta.get('level')!r}, not L1; only L1 frames are calibrated"
-                )
+            m = _read_l1(path)
             out = Path(outdir) / parse_filename(path).replace(level=2).name
             if out.exists() and not overwrite:
                 raise AspiicsError(f"{out} exists already; pass --overwrite to replace it")
@@ -195,6 +191,16 @@ def _calibrate_group(paths, calibration, outdir, overwrite, options, exposures=T
         except (AspiicsError, OSError) as err:
             failures.append((path, _one_line(err, path)))
     return written, failures
+
+
+def _read_l1(path):
+    """Read a file that must be level 1; `AspiicsError` naming it otherwise."""
+    from aspiics.io import read_map
+
+    m = read_map(path)
+    if m.processing_level != 1:
+        raise AspiicsError(f"{path}: LEVEL is {m.meta.get('level')!r}, not L1; this command takes L1 frames")
+    return m
 
 
 def _one_line(err, path):
@@ -325,16 +331,8 @@ def _set_estimate(paths, calibration):
 
     from aspiics.banding import correct_banding_exposures
     from aspiics.calibrate import calibrate_map
-    from aspiics.io import read_map
 
-    maps = []
-    for path in paths:
-        m = read_map(path)
-        if m.processing_level != 1:
-            raise AspiicsError(
-                f"{path}: LEVEL is {m.meta.get('level')!r}, not L1; the template needs L1 frames"
-            )
-        maps.append(calibrate_map(m, calibration, steps=_TO_MSB))
+    maps = [calibrate_map(_read_l1(path), calibration, steps=_TO_MSB) for path in paths]
     _, result = correct_banding_exposures(maps, return_result=True)
     return dataclasses.replace(result, corrected=[])
 
@@ -368,17 +366,15 @@ def _cmd_banding_template(args):
     for acq_id in [k for k, members in groups.items() if len(members) < 2]:
         log.warning("acquisition %s has one exposure; it cannot enter the template", acq_id)
         del groups[acq_id]
+    for path, err in errors:  # unparsable file names
+        _error(_one_line(err, path))
     if not groups:
-        for path, err in errors:
-            _error(_one_line(err, path))
         _error("no acquisition with two or more exposures among the inputs")
         return 1
     cal = open_calibration(args.calibration)
     results = []
+    failed = len(errors)
     if args.workers > 1:
-        for path, err in errors:
-            _error(_one_line(err, path))
-        failed = len(errors)
         for group, result in _on_dask(
             _set_estimate, list(groups.values()), cal, args.workers, desc="template"
         ):
@@ -393,7 +389,7 @@ def _cmd_banding_template(args):
             results.append(_set_estimate(members, cal))
             return []
 
-        _, failed = _process_groups(groups, errors, work, desc="template", what="acquisition")
+        failed += _process_groups(groups, [], work, desc="template", what="acquisition")[1]
     try:
         template = template_from_exposure_sets(results)
         written = template.save(output, overwrite=args.overwrite)
