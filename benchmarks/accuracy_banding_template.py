@@ -18,10 +18,10 @@ minutes at 2048 x 2048.
 
 import argparse
 import tempfile
-import warnings
 
 import numpy as np
-from bench_banding import null_measures
+from bench_banding import column_medians, null_measures, to_msb
+from bench_banding import regression_slope as slope
 
 from aspiics.banding import correct_banding_exposures, template_from_exposure_sets
 from aspiics.calibration import CalibrationSet
@@ -29,25 +29,6 @@ from aspiics.map import ASPIICSMap
 from aspiics.simulate import make_calibration_set, simulate_acquisition
 
 SHAPE = (2048, 2048)
-
-
-def to_msb(frame, cal):
-    """The calibration steps up to ``msb`` (the input of the exposure-set step)."""
-    m = ASPIICSMap(frame.data, frame.header)
-    m = m.subtract_bias(cal).correct_nonlinearity(cal).estimate_variance(cal)
-    return m.subtract_dark(cal).flat_field(cal).to_msb(cal)
-
-
-def column_medians(img, valid):
-    with warnings.catch_warnings():  # columns without a valid pixel give NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.stack([np.nanmedian(np.where(valid[p::2], img[p::2], np.nan), axis=0) for p in (0, 1)])
-
-
-def slope(left, injected):
-    ok = np.isfinite(left) & np.isfinite(injected)
-    x, y = injected[ok] - injected[ok].mean(), left[ok] - left[ok].mean()
-    return float((x * y).sum() / (x * x).sum())
 
 
 def main():
@@ -103,7 +84,7 @@ def build_template(release, cal, sets, options, banding=True):
             "Wideband", (0.1, 1.0, 10.0), shape=SHAPE, calibration=release, seed=seed,
             roll=(137 * seed) % 360, banding=banding,
         )  # fmt: skip
-        msb = [to_msb(fr, cal) for fr in acq.frames]
+        msb = [to_msb(ASPIICSMap(fr.data, fr.header), cal) for fr in acq.frames]
         _, res = correct_banding_exposures(msb, return_result=True, **options)
         results.append(res)
     return template_from_exposure_sets(results)

@@ -30,12 +30,14 @@ import itertools
 import tempfile
 
 import numpy as np
-from accuracy_banding_template import column_medians, slope, to_msb
 from astropy.nddata import VarianceUncertainty
+from bench_banding import column_medians, to_msb
+from bench_banding import regression_slope as slope
 from scipy import ndimage
 
 from aspiics.banding import correct_banding, log_polar_gain
 from aspiics.calibration import CalibrationSet
+from aspiics.map import ASPIICSMap
 from aspiics.simulate import make_calibration_set, simulate_acquisition
 from aspiics.simulate.detector import BandingModel
 
@@ -44,7 +46,7 @@ SHAPE = (2048, 2048)
 
 def frame_without_static(frame, cal):
     """MSB data with the simulator's additive static pattern removed exactly, its variance, valid."""
-    m = to_msb(frame, cal)
+    m = to_msb(ASPIICSMap(frame.data, frame.header), cal)
     tr = frame.truth
     data = np.asarray(m.data, np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
